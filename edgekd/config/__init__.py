@@ -1,0 +1,1 @@
+"""Strict, typed configuration: YAML loading with line marks and pydantic models."""

@@ -1,0 +1,1 @@
+"""Data sets held in memory as uint8 tensors, their splits, batches and calibration sets."""

@@ -1,0 +1,45 @@
+"""Reads an ImageFolder tree (root/<split>/<class>/<image>) into memory at a fixed size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgekd.errors import DataNotFoundError
+
+EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+
+
+def load(
+    root: Path, split: str, size: int, grayscale: bool, classes: list[str] | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(images N×C×size×size uint8, labels, class names) of `root/split`."""
+    from PIL import Image
+
+    folder = root / split
+    if not folder.is_dir():
+        raise DataNotFoundError(
+            f"ImageFolder split not found: {folder} (expected "
+            f"{root}/train/<class>/*.png and {root}/val/<class>/*.png)"
+        )
+    found = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    classes = classes or found
+    if found != classes:
+        raise DataNotFoundError(
+            f"{folder} has classes {found}, but the training split has "
+            f"{classes}; every split needs the same class folders"
+        )
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        for file in sorted((folder / name).iterdir()):
+            if file.suffix.lower() not in EXTENSIONS:
+                continue
+            with Image.open(file) as img:
+                resized = img.convert("L" if grayscale else "RGB").resize((size, size))
+                array = np.asarray(resized, dtype=np.uint8)
+            images.append(array[None] if grayscale else array.transpose(2, 0, 1))
+            labels.append(label)
+    if not images:
+        raise DataNotFoundError(f"no images ({', '.join(sorted(EXTENSIONS))}) under {folder}")
+    return np.stack(images), np.asarray(labels, dtype=np.int64), classes

@@ -1,0 +1,181 @@
+"""The training loop used wherever a model is trained: teacher, student, QAT, prune recovery."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+
+from edgekd.artifacts import atomic_path
+from edgekd.config.schema import AugmentConfig, TrainConfig
+from edgekd.data.datasets import ImageSet, Splits, batches
+from edgekd.distill.distiller import Distiller
+from edgekd.distill.losses import Outputs
+from edgekd.distill.teacher import Teacher
+from edgekd.errors import WeightsError
+
+
+def evaluate(
+    model: nn.Module, data: ImageSet, splits: Splits, device: torch.device, batch_size: int = 1000
+) -> float:
+    """Top-1 accuracy (%) of `model` on `data`."""
+    logits = predict(model, data, splits, device, batch_size)
+    return float((logits.argmax(1) == data.labels).float().mean()) * 100
+
+
+def predict(
+    model: nn.Module, data: ImageSet, splits: Splits, device: torch.device, batch_size: int = 1000
+) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for batch in batches(data, splits, batch_size):
+            out.append(model(batch.images.to(device)).float().cpu())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    # No weight decay on biases and norm scales (common practice since Goyal et al. 2017).
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def _scheduler(
+    opt: torch.optim.Optimizer, cfg: TrainConfig, total: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.lr, total_steps=total, pct_start=0.25
+        )
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+def fit(
+    model: nn.Module,
+    train: ImageSet,
+    splits: Splits,
+    cfg: TrainConfig,
+    distiller: Distiller,
+    *,
+    teacher: Teacher | None,
+    augment: AugmentConfig,
+    device: torch.device,
+    seed: int,
+    checkpoint: Path | None = None,
+    key: str = "",
+    val: ImageSet | None = None,
+    console: Console | None = None,
+    desc: str = "train",
+) -> list[dict[str, float]]:
+    """Train `model` in place; returns one record per epoch (loss terms, val accuracy).
+
+    With `checkpoint`, the state after every epoch is written there (atomically) and a run
+    killed mid-way continues from the last finished epoch when `key` matches.
+    """
+    console = console or Console()
+    model.to(device).train()
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total_steps = max(1, round(cfg.epochs * steps_per_epoch))
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    opt = torch.optim.SGD(
+        _param_groups(model, cfg.weight_decay),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.momentum > 0,
+    )
+    sched = _scheduler(opt, cfg, total_steps)
+    gen = torch.Generator().manual_seed(seed)
+    history: list[dict[str, float]] = []
+    first_epoch = 0
+    if checkpoint is not None and checkpoint.exists():
+        try:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a torn or foreign file: start the stage over
+            raise WeightsError(
+                f"cannot read checkpoint {checkpoint}: {exc}; delete it to "
+                "restart this stage from its beginning"
+            ) from exc
+        if state.get("key") == key:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            gen.set_state(state["generator"])
+            history = state["history"]
+            first_epoch = int(state["epoch"])
+            console.print(f"  resuming {desc} after epoch {first_epoch}/{epochs}")
+    step = first_epoch * steps_per_epoch
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        for epoch in range(first_epoch, epochs):
+            steps = min(steps_per_epoch, total_steps - step)
+            task = progress.add_task(f"{desc} epoch {epoch + 1}/{epochs}", total=steps, status="")
+            sums: dict[str, float] = {}
+            seen = 0
+            for batch in batches(
+                train,
+                splits,
+                cfg.batch_size,
+                shuffle=True,
+                augment=augment,
+                generator=gen,
+                limit=steps * cfg.batch_size,
+            ):
+                images = batch.images.to(device)
+                student = Outputs(model(images))
+                teacher_out = Outputs(teacher.logits(batch)) if teacher is not None else None
+                loss, terms = distiller(student, teacher_out, batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                step += 1
+                seen += 1
+                for name, value in {"loss": float(loss.detach()), **terms}.items():
+                    sums[name] = sums.get(name, 0.0) + value
+                progress.update(task, advance=1, status=f"loss {sums['loss'] / seen:.3f}")
+            record = {"epoch": epoch + 1, **{k: v / max(seen, 1) for k, v in sums.items()}}
+            if val is not None and len(val):
+                record["val_acc"] = evaluate(model, val, splits, device)
+                progress.update(
+                    task, status=f"loss {record['loss']:.3f} val {record['val_acc']:.2f}%"
+                )
+            history.append(record)
+            if not console.is_terminal:  # logs and CI: one plain line per epoch
+                console.print(
+                    f"  {desc} epoch {epoch + 1}/{epochs}: "
+                    + ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch")
+                )
+            if checkpoint is not None:
+                with atomic_path(checkpoint) as tmp:
+                    torch.save(
+                        {
+                            "key": key,
+                            "epoch": epoch + 1,
+                            "model": model.state_dict(),
+                            "optimizer": opt.state_dict(),
+                            "scheduler": sched.state_dict(),
+                            "generator": gen.get_state(),
+                            "history": history,
+                        },
+                        tmp,
+                    )
+    return history

@@ -1,0 +1,1 @@
+"""Exporters, one function per format, and parity checks against PyTorch."""

@@ -1,0 +1,1 @@
+"""Model builders (torchvision families adapted to small inputs, tiny test nets) and model I/O."""

@@ -1,0 +1,66 @@
+"""Configs of the registered model architectures (torch-free)."""
+
+from __future__ import annotations
+
+from pydantic import ConfigDict, Field
+
+from edgekd.config.schema import Strict
+from edgekd.registry import Registry
+
+MODEL_CONFIGS: Registry[type[Strict]] = Registry("model")
+
+
+class ModelSpec(Strict):
+    """`arch` names a registered architecture; the other keys are that architecture's config."""
+
+    model_config = ConfigDict(extra="allow")
+    arch: str = Field(description="Registered architecture name.")
+
+    def arch_kwargs(self) -> dict[str, object]:
+        return dict(self.model_extra or {})
+
+
+@MODEL_CONFIGS.register("resnet_small")
+class ResNetSmallConfig(Strict):
+    """A CIFAR-style ResNet: 3×3 stride-1 stem, stages of torchvision BasicBlocks."""
+
+    widths: list[int] = Field([32, 64, 128], min_length=1, description="Channels per stage.")
+    blocks: list[int] = Field([1, 1, 1], min_length=1, description="Basic blocks per stage.")
+
+
+class TorchvisionResNetConfig(Strict):
+    small_input: bool = Field(
+        True,
+        description="Replace the 7×7/2 stem and max-pool with a 3×3/1 stem, for 28–64 px inputs.",
+    )
+
+
+for _name in ("resnet18", "resnet34", "resnet50"):
+    MODEL_CONFIGS.register(_name)(TorchvisionResNetConfig)
+
+
+@MODEL_CONFIGS.register("mobilenetv2")
+class MobileNetV2Config(Strict):
+    """torchvision's MobileNetV2 blocks with a configurable stem, widths and head."""
+
+    width: float = Field(1.0, gt=0, description="Width multiplier.")
+    stem_stride: int = Field(1, ge=1, le=2, description="1 keeps 28 px inputs from collapsing.")
+    blocks: list[list[int]] | None = Field(
+        None,
+        description="Inverted-residual setting, rows of [expansion t, channels c, repeats "
+        "n, stride s]; null = the ImageNet setting of Sandler et al. 2018.",
+    )
+    last_channel: int | None = Field(
+        None,
+        gt=0,
+        description="Channels of the final 1×1 conv; "
+        "null = 1280 as in the paper (too many for tiny students).",
+    )
+    dropout: float = Field(0.2, ge=0, lt=1, description="Dropout before the classifier.")
+
+
+@MODEL_CONFIGS.register("tiny_cnn")
+class TinyCNNConfig(Strict):
+    """Two conv-bn-relu layers and a linear head: for tests."""
+
+    widths: list[int] = Field([8, 16], min_length=1, description="Channels per conv layer.")

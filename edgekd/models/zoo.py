@@ -1,0 +1,155 @@
+"""Registered architectures; each builder takes its config, input channels and class count."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torchvision.models import mobilenetv2, resnet
+
+from edgekd.models import specs
+from edgekd.registry import Registry
+
+Builder = Callable[..., nn.Module]
+MODELS: Registry[Builder] = Registry("model")
+
+# Sandler et al. 2018, Table 2: [expansion t, output channels c, repeats n, first stride s].
+IMAGENET_SETTING = [
+    [1, 16, 1, 1],
+    [6, 24, 2, 2],
+    [6, 32, 3, 2],
+    [6, 64, 4, 2],
+    [6, 96, 3, 1],
+    [6, 160, 3, 2],
+    [6, 320, 1, 1],
+]
+
+
+def build(spec: specs.ModelSpec, in_channels: int, num_classes: int) -> nn.Module:
+    """Build `spec.arch` with its validated config."""
+    config = specs.MODEL_CONFIGS.get(spec.arch).model_validate(spec.arch_kwargs())
+    return MODELS.get(spec.arch)(config, in_channels, num_classes)
+
+
+@MODELS.register("resnet_small")
+def resnet_small(cfg: specs.ResNetSmallConfig, in_channels: int, num_classes: int) -> nn.Module:
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_channels, cfg.widths[0], 3, 1, 1, bias=False),
+        nn.BatchNorm2d(cfg.widths[0]),
+        nn.ReLU(inplace=True),
+    ]
+    inplanes = cfg.widths[0]
+    for i, (width, repeats) in enumerate(zip(cfg.widths, cfg.blocks, strict=True)):
+        for j in range(repeats):
+            stride = 2 if i > 0 and j == 0 else 1
+            downsample = None
+            if stride != 1 or inplanes != width:
+                downsample = nn.Sequential(
+                    nn.Conv2d(inplanes, width, 1, stride, bias=False), nn.BatchNorm2d(width)
+                )
+            layers.append(resnet.BasicBlock(inplanes, width, stride, downsample))
+            inplanes = width
+    return nn.Sequential(
+        nn.Sequential(*layers),
+        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(inplanes, num_classes)),
+    )
+
+
+def _torchvision_resnet(name: str) -> Builder:
+    def build_resnet(
+        cfg: specs.TorchvisionResNetConfig, in_channels: int, num_classes: int
+    ) -> nn.Module:
+        model: resnet.ResNet = getattr(resnet, name)(weights=None, num_classes=num_classes)
+        if cfg.small_input:
+            model.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+            model.maxpool = nn.Identity()
+        elif in_channels != 3:
+            model.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+        return model
+
+    return build_resnet
+
+
+for _name in ("resnet18", "resnet34", "resnet50"):
+    MODELS.register(_name)(_torchvision_resnet(_name))
+
+
+@MODELS.register("mobilenetv2")
+def mobilenet_v2(cfg: specs.MobileNetV2Config, in_channels: int, num_classes: int) -> nn.Module:
+    model = mobilenetv2.MobileNetV2(
+        num_classes=num_classes,
+        width_mult=cfg.width,
+        inverted_residual_setting=cfg.blocks or IMAGENET_SETTING,
+        dropout=cfg.dropout,
+    )
+    stem = model.features[0][0]
+    model.features[0][0] = nn.Conv2d(
+        in_channels, stem.out_channels, 3, cfg.stem_stride, 1, bias=False
+    )
+    if cfg.last_channel is not None:
+        head = model.features[-1]
+        head_in = head[0].in_channels
+        model.features[-1] = type(head)(
+            head_in,
+            cfg.last_channel,
+            kernel_size=1,
+            norm_layer=nn.BatchNorm2d,
+            activation_layer=nn.ReLU6,
+        )
+        model.classifier[-1] = nn.Linear(cfg.last_channel, num_classes)
+        model.last_channel = cfg.last_channel
+    return model
+
+
+@MODELS.register("tiny_cnn")
+def tiny_cnn(cfg: specs.TinyCNNConfig, in_channels: int, num_classes: int) -> nn.Module:
+    layers: list[nn.Module] = []
+    channels = in_channels
+    for i, width in enumerate(cfg.widths):
+        layers += [
+            nn.Conv2d(channels, width, 3, 2 if i else 1, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+        ]
+        channels = width
+    return nn.Sequential(
+        nn.Sequential(*layers),
+        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes)),
+    )
+
+
+def count_params(model: nn.Module) -> int:
+    """Weights of the network itself; quantizer scales added by NNCF are not counted."""
+    return sum(p.numel() for name, p in model.named_parameters() if "__nncf" not in name)
+
+
+def count_macs(model: nn.Module, example: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass of `example` (conv and linear layers)."""
+    total = 0
+
+    def hook(module: nn.Module, _inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            kernel = (
+                module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            )
+            total += output.numel() // output.shape[0] * kernel
+        elif isinstance(module, nn.Linear):
+            total += module.in_features * module.out_features
+
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d | nn.Linear)
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example[:1])
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return total

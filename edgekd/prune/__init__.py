@@ -1,0 +1,1 @@
+"""Structural channel pruning with torch-pruning (DepGraph) and channel rounding."""

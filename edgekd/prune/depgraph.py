@@ -1,0 +1,44 @@
+"""Channel pruning with torch-pruning's DepGraph (Fang et al., CVPR 2023).
+
+DepGraph finds every layer coupled to a pruned channel (residual adds, depthwise convs, norms),
+so whole groups are removed together and the model stays valid.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def classifier_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
+    """Layers whose outputs are the class logits: never pruned."""
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.Linear | nn.Conv2d)
+        and (m.out_features if isinstance(m, nn.Linear) else m.out_channels) == num_classes
+    ]
+
+
+def prune_channels(
+    model: nn.Module, example: torch.Tensor, ratio: float, round_to: int, num_classes: int
+) -> nn.Module:
+    """Remove `ratio` of the channels of every prunable layer, ranked by L2 magnitude, keeping
+    channel counts multiples of `round_to` (odd counts waste tensor-core and SIMD lanes)."""
+    import torch_pruning as tp
+
+    model = model.eval()
+    pruner = tp.pruner.MetaPruner(
+        model,
+        example,
+        importance=tp.importance.MagnitudeImportance(p=2),
+        pruning_ratio=ratio,
+        ignored_layers=classifier_layers(model, num_classes),
+        round_to=round_to,
+    )
+    pruner.step()
+    return model
+
+
+def channel_counts(model: nn.Module) -> list[int]:
+    return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]

@@ -1,0 +1,1 @@
+"""INT8 quantization with NNCF and the distillation-aware QAT that follows it."""

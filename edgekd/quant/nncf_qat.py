@@ -1,0 +1,74 @@
+"""NNCF post-training quantization, its JSON config round trip, and stripping for export.
+
+The QAT itself is the ordinary KD training loop run on the quantized model: NNCF's fake
+quantizers are torch modules whose scales train with the weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgekd.data.datasets import ImageSet, Splits, batches
+
+NNCF_KEY_PREFIX = "__nncf"
+
+
+def quantize(
+    model: nn.Module,
+    calibration: ImageSet,
+    splits: Splits,
+    batch_size: int,
+    device: torch.device,
+    preset: str = "performance",
+) -> nn.Module:
+    """INT8 fake-quantized copy of `model`, ranges calibrated on `calibration` (NNCF PTQ)."""
+    import nncf
+
+    inputs = [b.images.to(device) for b in batches(calibration, splits, batch_size)]
+    quantized = nncf.quantize(
+        copy.deepcopy(model).eval().to(device),
+        nncf.Dataset(inputs),
+        preset=nncf.QuantizationPreset(preset),
+        subset_size=len(calibration),
+    )
+    return quantized
+
+
+def config(model: nn.Module) -> dict[str, Any]:
+    """NNCF's description of the inserted quantizers as plain JSON data."""
+    import nncf.torch
+
+    return json.loads(json.dumps(nncf.torch.get_config(model), default=str))
+
+
+def restore(model: nn.Module, quant_config: dict[str, Any]) -> nn.Module:
+    """Re-insert the quantizers described by `quant_config` into a float model.
+
+    NNCF instantiates only classes from its own `nncf.*` modules here (allowed_modules), so a
+    tampered config cannot import arbitrary code.
+    """
+    import nncf.torch
+
+    return nncf.torch.load_from_config(model, quant_config)
+
+
+def float_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The float weights of a quantized model, without its quantizer parameters."""
+    return {k: v for k, v in model.state_dict().items() if not k.startswith(NNCF_KEY_PREFIX)}
+
+
+def strip(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """A copy with fake quantizers turned into Quantize/Dequantize pairs for ONNX export."""
+    import nncf
+
+    # nncf.strip needs torchao for this path (measured, see DESIGN.md).
+    return nncf.strip(copy.deepcopy(model).eval(), example_input=example)
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return any(k.startswith(NNCF_KEY_PREFIX) for k in model.state_dict())

@@ -1,0 +1,1 @@
+"""report.json (a documented schema CI jobs parse), report.md for people, and the gate."""

@@ -1,0 +1,1 @@
+"""Runtimes behind one Runner protocol; each backend is imported only when used."""

@@ -1,0 +1,56 @@
+"""onnxruntime runner (CPU execution provider)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekd.config.schema import TargetProfile
+from edgekd.runners.base import RUNNERS, LatencyStats, MeasureProtocol, summarize, time_calls
+
+
+@RUNNERS.register("onnxruntime")
+class OnnxRuntimeRunner:
+    name = "onnxruntime"
+
+    def available(self) -> str | None:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return "onnxruntime is not installed: pip install onnxruntime"
+        return None
+
+    def prepare(self, model: Path, target: TargetProfile, threads: int) -> Any:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        session.edgekd_threads = threads
+        return session
+
+    def infer(self, session: Any, inputs: np.ndarray) -> np.ndarray:
+        return session.run(None, {session.get_inputs()[0].name: inputs})[0]
+
+    def measure(
+        self, session: Any, protocol: MeasureProtocol, inputs: np.ndarray, precision: str
+    ) -> LatencyStats:
+        import onnxruntime as ort
+
+        feed = {session.get_inputs()[0].name: inputs}
+        times = time_calls(lambda: session.run(None, feed), protocol)
+        return summarize(
+            times,
+            runtime=self.name,
+            device="cpu",
+            precision=precision,
+            batch=inputs.shape[0],
+            threads=session.edgekd_threads,
+            warmup=protocol.warmup,
+            copies_included=False,
+            versions={"onnxruntime": ort.__version__},
+        )

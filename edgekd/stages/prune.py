@@ -1,0 +1,116 @@
+"""Stage `prune`: DepGraph channel pruning, then KD recovery (quantization-aware when the
+student is already INT8: prune the float weights, re-insert calibrated quantizers, KD + QAT)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field
+
+from edgekd.artifacts import Artifact
+from edgekd.config.schema import Strict, TrainConfig
+from edgekd.errors import EdgeKDError
+from edgekd.stages.base import STAGES, Stage, StageContext
+from edgekd.stages.qat import check_calibration
+
+if TYPE_CHECKING:
+    from edgekd.pipeline import Plan
+
+
+class PruneConfig(Strict):
+    ratio: float = Field(
+        0.3,
+        gt=0,
+        lt=1,
+        description="Share of channels removed from every "
+        "prunable layer (torch-pruning's pruning_ratio).",
+    )
+    round_to: int = Field(8, ge=1, description="Keep channel counts multiples of this.")
+    calibration: str | None = Field(
+        None,
+        description="Calibration set used to re-quantize a "
+        "quantized student after pruning; required after `qat`.",
+    )
+    train: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(epochs=1, lr=0.01, schedule="cosine"),
+        description="KD recovery fine-tuning after pruning.",
+    )
+
+
+@STAGES.register("prune")
+class PruneStage(Stage):
+    Config = PruneConfig
+    requires = ("teacher", "student")
+    produces = ("student",)
+
+    def check(self, cfg: Any, plan: Plan, index: int) -> None:
+        after_qat = any(s.name == "qat" for s in plan.stages[:index])
+        if after_qat and cfg.calibration is None:
+            raise plan.doc.error(
+                ("stages", index),
+                "prune after qat re-quantizes the pruned "
+                "student: set `calibration:` (e.g. the qat stage's file)",
+            )
+        if cfg.calibration is not None:
+            check_calibration(plan, index, cfg.calibration)
+
+    def run(self, ctx: StageContext, cfg: PruneConfig) -> dict[str, Artifact]:
+        import torch
+
+        from edgekd.distill.trainer import evaluate, fit
+        from edgekd.models import zoo
+        from edgekd.models.io import load_state, resize_to_state_dict
+        from edgekd.models.specs import ModelSpec
+        from edgekd.prune.depgraph import channel_counts, prune_channels
+        from edgekd.quant import nncf_qat
+        from edgekd.stages import context
+
+        device, splits = context.prepare(ctx.plan)
+        loaded, meta = context.load_input_model(ctx, "student")
+        spec = ModelSpec.model_validate(meta["spec"])
+        model = context.build_model(spec, splits)
+        state = nncf_qat.float_state(loaded)
+        resize_to_state_dict(model, state)
+        load_state(model, state, "student")
+        example = torch.zeros(1, *splits.input_shape)
+        params_before = zoo.count_params(model)
+        prune_channels(model, example, cfg.ratio, cfg.round_to, len(splits.classes))
+        ctx.metrics.update(params_before=params_before, channels=channel_counts(model))
+        quantized = bool(meta.get("quantization"))
+        if quantized:
+            if cfg.calibration is None:
+                raise EdgeKDError(
+                    "the student is quantized: set `calibration:` on the prune "
+                    "stage so the pruned model can be re-quantized"
+                )
+            cal_cfg, calibration = context.calibration_set(ctx.plan, cfg.calibration, splits)
+            model = nncf_qat.quantize(model, calibration, splits, cal_cfg.batch_size, device)
+        model.to(device)
+        ctx.metrics["pruned_test_acc"] = round(evaluate(model, splits.test, splits, device), 2)
+        ctx.log(
+            f"pruned {params_before} → {zoo.count_params(model)} parameters; test accuracy "
+            f"before recovery {ctx.metrics['pruned_test_acc']:.2f}%"
+        )
+        ctx.metrics["history"] = fit(
+            model,
+            splits.train,
+            splits,
+            cfg.train,
+            context.distiller(ctx.plan),
+            teacher=context.teacher(ctx, splits, device),
+            augment=ctx.plan.config.data.augment,
+            device=device,
+            seed=ctx.plan.config.seed,
+            checkpoint=context.checkpoint(ctx),
+            key=ctx.key,
+            val=splits.val,
+            console=ctx.console,
+            desc="prune recovery",
+        )
+        meta.update(
+            pruned={"ratio": cfg.ratio, "round_to": cfg.round_to},
+            quantization=nncf_qat.config(model) if quantized else None,
+        )
+        artifact = context.save_and_score(ctx, "student", model, meta, splits, device)
+        ctx.log(f"pruned student test accuracy {ctx.metrics['test_acc']:.2f}%")
+        return {"student": artifact}

@@ -1,0 +1,99 @@
+"""Stage `qat`: NNCF INT8 quantization of the student, then KD fine-tuning against the teacher."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
+
+from edgekd.artifacts import Artifact
+from edgekd.config.loader import load_yaml, validate
+from edgekd.config.schema import CalibrationConfig, Strict, TrainConfig
+from edgekd.errors import EdgeKDError
+from edgekd.stages.base import STAGES, Stage, StageContext
+
+if TYPE_CHECKING:
+    from edgekd.pipeline import Plan
+
+
+class QATConfig(Strict):
+    calibration: str = Field(
+        "calibration/fashion-mnist-train-1024.yaml",
+        description="Calibration-set definition (calibration/*.yaml).",
+    )
+    preset: Literal["performance", "mixed"] = Field(
+        "performance", description="NNCF preset: symmetric everywhere, or asymmetric activations."
+    )
+    train: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(epochs=1, lr=0.005, schedule="cosine"),
+        description="KD fine-tuning of the quantized student; a low rate keeps the "
+        "calibrated ranges useful.",
+    )
+
+
+def check_calibration(plan: Plan, index: int, value: str) -> None:
+    """The calibration file exists, is valid, and draws from the pipeline's data set."""
+    path = plan.resolve(value)
+    loc = ("stages", index, "calibration")
+    if not path.exists():
+        raise plan.doc.error(loc, f"calibration file {value!r} not found")
+    doc = load_yaml(path)
+    cfg = validate(CalibrationConfig, doc.data, doc)
+    if cfg.dataset != plan.config.data.dataset:
+        raise doc.error(
+            ("dataset",),
+            f"calibration set is for {cfg.dataset!r} but the "
+            f"pipeline {plan.path} uses {plan.config.data.dataset!r}",
+        )
+
+
+@STAGES.register("qat")
+class QATStage(Stage):
+    Config = QATConfig
+    requires = ("teacher", "student")
+    produces = ("student",)
+
+    def check(self, cfg: Any, plan: Plan, index: int) -> None:
+        check_calibration(plan, index, cfg.calibration)
+
+    def run(self, ctx: StageContext, cfg: QATConfig) -> dict[str, Artifact]:
+        from edgekd.distill.trainer import evaluate, fit
+        from edgekd.quant import nncf_qat
+        from edgekd.stages import context
+
+        device, splits = context.prepare(ctx.plan)
+        model, meta = context.load_input_model(ctx, "student")
+        if meta.get("quantization"):
+            raise EdgeKDError("the student is already quantized; a pipeline has one `qat` stage")
+        ctx.metrics["fp32_test_acc"] = round(
+            evaluate(model.to(device), splits.test, splits, device), 2
+        )
+        cal_cfg, calibration = context.calibration_set(ctx.plan, cfg.calibration, splits)
+        quantized = nncf_qat.quantize(
+            model, calibration, splits, cal_cfg.batch_size, device, cfg.preset
+        )
+        ctx.metrics["ptq_test_acc"] = round(evaluate(quantized, splits.test, splits, device), 2)
+        ctx.log(
+            f"FP32 {ctx.metrics['fp32_test_acc']:.2f}% → PTQ INT8 "
+            f"{ctx.metrics['ptq_test_acc']:.2f}% (calibrated on {len(calibration)} images)"
+        )
+        ctx.metrics["history"] = fit(
+            quantized,
+            splits.train,
+            splits,
+            cfg.train,
+            context.distiller(ctx.plan),
+            teacher=context.teacher(ctx, splits, device),
+            augment=ctx.plan.config.data.augment,
+            device=device,
+            seed=ctx.plan.config.seed,
+            checkpoint=context.checkpoint(ctx),
+            key=ctx.key,
+            val=splits.val,
+            console=ctx.console,
+            desc="qat",
+        )
+        meta.update(quantization=nncf_qat.config(quantized), calibration=cal_cfg.model_dump())
+        artifact = context.save_and_score(ctx, "student", quantized, meta, splits, device)
+        ctx.log(f"QAT INT8 test accuracy {ctx.metrics['test_acc']:.2f}%")
+        return {"student": artifact}

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# README command 2: install everything, then lint, type-check and run the test suite.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+ruff format --check edgekd tests benchmarks
+ruff check edgekd tests benchmarks
+mypy
+set +e
+pytest -q -ra "$@"
+rc=$?
+# pytest exits 5 when it collected no test; that is a failure of this suite, not a pass.
+[ "$rc" -eq 5 ] && echo "edgekd: pytest collected no tests" >&2
+exit "$rc"

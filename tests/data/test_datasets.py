@@ -1,0 +1,61 @@
+"""Splits, augmentation and ImageFolder loading."""
+
+import numpy as np
+import pytest
+import torch
+
+from edgekd.config.schema import AugmentConfig, DataConfig
+from edgekd.data import imagefolder
+from edgekd.data.datasets import _random_crop, batches, load_splits, normalize
+from edgekd.errors import DataNotFoundError
+
+
+def test_splits_are_disjoint_and_sized(splits):
+    assert len(splits.train) == 2000 and len(splits.val) == 500 and len(splits.test) == 1000
+    assert splits.input_shape == (1, 28, 28) and len(splits.classes) == 10
+    # Normalised training pixels have mean ≈ 0 and std ≈ 1.
+    x = normalize(splits.train.images, splits)
+    assert abs(float(x.mean())) < 0.01 and abs(float(x.std()) - 1) < 0.01
+
+
+def test_flips_are_recorded_per_image(splits):
+    gen = torch.Generator().manual_seed(0)
+    batch = next(
+        batches(splits.train, splits, 64, augment=AugmentConfig(hflip=True), generator=gen)
+    )
+    plain = normalize(splits.train.images[batch.index], splits)
+    assert batch.flipped.any() and not batch.flipped.all()
+    torch.testing.assert_close(batch.images[batch.flipped], plain[batch.flipped].flip(3))
+    torch.testing.assert_close(batch.images[~batch.flipped], plain[~batch.flipped])
+
+
+def test_random_crop_is_a_shifted_window():
+    images = torch.arange(1, 1 + 2 * 5 * 5, dtype=torch.uint8).view(2, 1, 5, 5)
+    out = _random_crop(images, 2, torch.Generator().manual_seed(3))
+    assert out.shape == images.shape
+    for original, cropped in zip(images, out, strict=True):
+        padded = torch.nn.functional.pad(original, (2, 2, 2, 2))
+        windows = [padded[:, y : y + 5, x : x + 5] for y in range(5) for x in range(5)]
+        assert any(torch.equal(w, cropped) for w in windows)
+
+
+def test_imagefolder_loads_and_checks_classes(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for label, name in enumerate(["cat", "dog"]):
+            folder = tmp_path / split / name
+            folder.mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(np.full((10, 12, 3), 40 * label + i, np.uint8)).save(
+                    folder / f"{i}.png"
+                )
+    splits = load_splits(
+        DataConfig(dataset="imagefolder", root=str(tmp_path), image_size=8, val_size=0), seed=0
+    )
+    assert splits.classes == ["cat", "dog"] and splits.input_shape == (3, 8, 8)
+    assert splits.train.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert int(splits.train.images[4, 0, 0, 0]) == 41
+    (tmp_path / "val" / "bird").mkdir()
+    with pytest.raises(DataNotFoundError, match="same class folders"):
+        imagefolder.load(tmp_path, "val", 8, False, ["cat", "dog"])

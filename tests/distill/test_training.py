@@ -1,0 +1,208 @@
+"""The training loop: it learns, it resumes exactly, and cached teacher logits are exact."""
+
+import pytest
+import torch
+
+from edgekd.config.schema import AugmentConfig, TrainConfig
+from edgekd.data.datasets import batches
+from edgekd.distill.distiller import Distiller
+from edgekd.distill.specs import CEConfig, KDConfig
+from edgekd.distill.teacher import Teacher, cache_logits
+from edgekd.distill.trainer import evaluate, fit
+from edgekd.models import zoo
+from edgekd.models.specs import ModelSpec
+
+CPU = torch.device("cpu")
+CE = Distiller([("ce", 1.0, CEConfig())])
+
+
+def tiny(seed=0):
+    torch.manual_seed(seed)
+    return zoo.build(ModelSpec(arch="tiny_cnn", widths=[8, 16]), 1, 10)
+
+
+def test_training_learns(splits):
+    model = tiny()
+    before = evaluate(model, splits.val, splits, CPU)
+    fit(
+        model,
+        splits.train,
+        splits,
+        TrainConfig(epochs=2, lr=0.2, batch_size=32),
+        CE,
+        teacher=None,
+        augment=AugmentConfig(),
+        device=CPU,
+        seed=0,
+    )
+    after = evaluate(model, splits.val, splits, CPU)
+    assert after > before + 30 and after > 50  # chance is 10 %
+
+
+class Interrupting(Distiller):
+    """CE loss that raises KeyboardInterrupt at call number `at`, like a Ctrl-C mid-epoch."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__([("ce", 1.0, CEConfig())])
+        self.calls, self.at = 0, at
+
+    def forward(self, student, teacher, batch):
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+        return super().forward(student, teacher, batch)
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(splits, tmp_path):
+    cfg = TrainConfig(epochs=2, lr=0.05, batch_size=100)  # 20 steps per epoch
+    straight = tiny()
+    fit(
+        straight,
+        splits.train,
+        splits,
+        cfg,
+        CE,
+        teacher=None,
+        augment=AugmentConfig(),
+        device=CPU,
+        seed=0,
+    )
+    ckpt = tmp_path / "checkpoint.pt"
+    with pytest.raises(KeyboardInterrupt):  # killed in the middle of epoch 2
+        fit(
+            tiny(),
+            splits.train,
+            splits,
+            cfg,
+            Interrupting(at=27),
+            teacher=None,
+            augment=AugmentConfig(),
+            device=CPU,
+            seed=0,
+            checkpoint=ckpt,
+            key="k",
+        )
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 1
+    resumed = tiny(seed=123)  # another init: everything must come from the checkpoint
+    history = fit(
+        resumed,
+        splits.train,
+        splits,
+        cfg,
+        CE,
+        teacher=None,
+        augment=AugmentConfig(),
+        device=CPU,
+        seed=0,
+        checkpoint=ckpt,
+        key="k",
+    )
+    assert [h["epoch"] for h in history] == [1, 2]
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_checkpoint_of_another_config_is_not_resumed(splits, tmp_path):
+    ckpt = tmp_path / "checkpoint.pt"
+    cfg = TrainConfig(epochs=1, lr=0.05)
+    fit(
+        tiny(),
+        splits.train,
+        splits,
+        cfg,
+        CE,
+        teacher=None,
+        augment=AugmentConfig(),
+        device=CPU,
+        seed=0,
+        checkpoint=ckpt,
+        key="old",
+    )
+    fresh, reference = tiny(), tiny()
+    fit(
+        fresh,
+        splits.train,
+        splits,
+        cfg,
+        CE,
+        teacher=None,
+        augment=AugmentConfig(),
+        device=CPU,
+        seed=0,
+        checkpoint=ckpt,
+        key="new",
+    )
+    fit(
+        reference,
+        splits.train,
+        splits,
+        cfg,
+        CE,
+        teacher=None,
+        augment=AugmentConfig(),
+        device=CPU,
+        seed=0,
+    )
+    for a, b in zip(fresh.state_dict().values(), reference.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_cached_teacher_logits_equal_live_ones(splits, tmp_path):
+    model = tiny().eval()
+    cached = cache_logits(model, splits.train, splits, CPU, tmp_path / "cache.safetensors")
+    live, from_cache = Teacher(model, CPU), Teacher(model, CPU, cached)
+    gen = torch.Generator().manual_seed(1)
+    batch = next(
+        batches(
+            splits.train,
+            splits,
+            256,
+            augment=AugmentConfig(hflip=True),
+            generator=gen,
+            shuffle=True,
+        )
+    )
+    assert batch.flipped.any()
+    torch.testing.assert_close(from_cache.logits(batch), live.logits(batch), atol=1e-5, rtol=0)
+    # The second call reads the file instead of recomputing.
+    again = cache_logits(None, splits.train, splits, CPU, tmp_path / "cache.safetensors")
+    torch.testing.assert_close(again, cached)
+
+
+def test_teacher_is_frozen(splits):
+    model = tiny()
+    teacher = Teacher(model, CPU)
+    assert not any(p.requires_grad for p in teacher.model.parameters())
+    assert not teacher.model.training
+    kd = Distiller([("kd", 1.0, KDConfig())])
+    student = tiny(1)
+    before = [p.clone() for p in model.parameters()]
+    fit(
+        student,
+        splits.train,
+        splits,
+        TrainConfig(epochs=0.2, lr=0.05),
+        kd,
+        teacher=teacher,
+        augment=AugmentConfig(),
+        device=CPU,
+        seed=0,
+    )
+    for a, b in zip(before, model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("epochs", [0.5, 1.5])
+def test_fractional_epochs_take_the_right_number_of_steps(splits, epochs):
+    history = fit(
+        tiny(),
+        splits.train,
+        splits,
+        TrainConfig(epochs=epochs, batch_size=100),
+        CE,
+        teacher=None,
+        augment=AugmentConfig(),
+        device=CPU,
+        seed=0,
+    )
+    assert len(history) == (1 if epochs < 1 else 2)

@@ -1,0 +1,126 @@
+"""The real chain, every stage, on a small subset: real NNCF, torch-pruning, onnxruntime and
+OpenVINO; then a rerun that reuses everything, and the other stage order (prune before qat)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import onnx
+import pytest
+
+from edgekd.cli import main
+from tests.conftest import ROOT, TOL
+
+pytestmark = pytest.mark.slow
+SMOKE = ROOT / "tests" / "data" / "smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    assert main(["run", str(SMOKE), "--out", str(out)]) == 0
+    return out / "smoke"
+
+
+def test_report_holds_every_stage_with_real_numbers(smoke_run):
+    report = json.loads((smoke_run / "report.json").read_text())
+    assert report["schema_version"] == 1
+    assert [s["stage"] for s in report["stages"]] == [
+        "teacher",
+        "student",
+        "qat",
+        "prune",
+        "export",
+        "bench",
+    ]
+    stages = {s["stage"]: s["metrics"] for s in report["stages"]}
+    assert stages["teacher"]["test_acc"] > 40  # trained here, from the YAML (chance: 10 %)
+    assert stages["prune"]["params"] < stages["prune"]["params_before"]
+    for name in ("teacher", "student", "qat", "prune"):
+        assert stages[name]["params"] > 0 and stages[name]["macs"] > 0
+    assert {"torch", "nncf", "torch-pruning", "onnx", "onnxruntime", "python"} <= set(
+        report["versions"]
+    )
+    summary = report["summary"]
+    assert summary["final"]["precision"] == "int8"
+    assert summary["final"]["bytes"] < summary["teacher"]["bytes"]
+    assert (smoke_run / "report.md").read_text().startswith("# edgekd report: smoke")
+
+
+def test_exported_models_pass_checker_and_parity(smoke_run):
+    index = json.loads((smoke_run / "04_export" / "onnx" / "models.json").read_text())
+    roles = {m["role"]: m for m in index["models"]}
+    assert set(roles) == {"teacher", "student_fp32", "final"}
+    for model in roles.values():
+        onnx.checker.check_model(str(smoke_run / "04_export" / "onnx" / model["file"]))
+        assert model["parity"]["top1_agreement"] >= TOL["int8_top1_agreement"]
+        assert model["test_images"] == 1000
+    assert roles["teacher"]["parity"]["max_abs_diff"] < TOL["onnx_fp32"]
+
+
+def test_latency_rows_measured_or_skipped_with_reason(smoke_run):
+    rows = json.loads((smoke_run / "05_bench" / "bench.json").read_text())["rows"]
+    cpu = [r for r in rows if r["target"] == "cpu-x86"]
+    assert {(r["model"], r["runtime"]) for r in cpu if r["status"] == "ok"} == {
+        (m, rt) for m in ("teacher", "student_fp32", "final") for rt in ("onnxruntime", "openvino")
+    }
+    for row in cpu:
+        assert row["iterations"] >= 20 and row["median_ms"] > 0 and row["threads"] >= 1
+        assert row["median_ms"] <= row["p90_ms"] <= row["p99_ms"]
+    jetson = [r for r in rows if r["target"] == "jetson-orin-nano"]
+    assert jetson and all(
+        r["status"] == "skipped" and "connection.host" in r["reason"] for r in jetson
+    )
+    assert all(r["status"] in ("skipped", "ok") for r in rows if r["target"] == "gpu")
+
+
+def test_rerun_reuses_every_finished_stage(smoke_run, capsys):
+    assert main(["run", str(SMOKE), "--out", str(smoke_run.parent)]) == 0
+    out = capsys.readouterr().out
+    for dirname in ("00_teacher", "01_student", "02_qat", "03_prune", "04_export", "05_bench"):
+        assert f"{dirname} unchanged, reusing" in out
+
+
+def test_prune_before_qat_works_too(smoke_run, tmp_path):
+    teacher = smoke_run / "00_teacher" / "teacher" / "model.safetensors"
+    text = SMOKE.read_text().replace("name: smoke", "name: smoke_prune_first")
+    text = text.replace("    weights: null\n", f"    weights: {teacher}\n")
+    head, stages = text.split("stages:\n")
+    blocks = stages.split("  - stage: ")
+    order = {b.split("\n")[0]: b for b in blocks[1:]}
+    order["prune"] = order["prune"].replace(
+        "    calibration: calibration/fashion-mnist-train-256.yaml\n", ""
+    )
+    chosen = ["teacher", "student", "prune", "qat", "export"]
+    path = tmp_path / "prune_first.yaml"
+    path.write_text(head + "stages:\n" + "".join("  - stage: " + order[n] for n in chosen))
+    assert main(["run", str(path), "--out", str(tmp_path / "runs")]) == 0
+    run = tmp_path / "runs" / "smoke_prune_first"
+    manifest = json.loads((run / "03_qat" / "manifest.json").read_text())
+    assert manifest["status"] == "done" and manifest["outputs"]["student"]["meta"]["quantized"]
+    index = json.loads((run / "04_export" / "onnx" / "models.json").read_text())
+    final = next(m for m in index["models"] if m["role"] == "final")
+    assert final["precision"] == "int8"
+    pruned = json.loads((run / "02_prune" / "manifest.json").read_text())["metrics"]
+    assert pruned["params"] < pruned["params_before"]
+    assert all(c % 8 == 0 for c in pruned["channels"] if c != 10)
+    shutil.rmtree(run)
+
+
+def test_cli_run_of_a_missing_dataset_says_where_it_looked(tmp_path, monkeypatch, capsys):
+    from edgekd.data import fashion_mnist
+
+    monkeypatch.setattr(fashion_mnist, "SYSTEM_DIR", tmp_path / "none")
+    monkeypatch.setenv("EDGEKD_DATA", str(tmp_path / "env"))
+    text = (
+        SMOKE.read_text()
+        .replace("name: smoke", "name: nodata")
+        .replace("  val_size: 200\n", "  val_size: 200\n  root: /nonexistent/fmnist\n")
+    )
+    path = tmp_path / "nodata.yaml"
+    path.write_text(text)
+    assert main(["run", str(path), "--out", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "Fashion-MNIST not found" in err and "/nonexistent/fmnist" in err
+    assert str(tmp_path / "env") in err and "apt-get install dataset-fashion-mnist" in err
+    assert not Path(tmp_path / "runs" / "nodata" / "00_teacher" / "teacher").exists()
