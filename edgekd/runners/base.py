@@ -67,6 +67,15 @@ class Runner(Protocol):
 RUNNERS: Registry[Callable[[], Runner]] = Registry("runner")
 
 
+def missing(module: str, install: str) -> str | None:
+    """None when `module` imports, else the reason with the command that installs it."""
+    try:
+        __import__(module)
+    except ImportError:
+        return f"{module} is not installed: {install}"
+    return None
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -8,7 +8,14 @@ from typing import Any
 import numpy as np
 
 from edgekd.config.schema import TargetProfile
-from edgekd.runners.base import RUNNERS, LatencyStats, MeasureProtocol, summarize, time_calls
+from edgekd.runners.base import (
+    RUNNERS,
+    LatencyStats,
+    MeasureProtocol,
+    missing,
+    summarize,
+    time_calls,
+)
 
 
 @RUNNERS.register("onnxruntime")
@@ -16,11 +23,7 @@ class OnnxRuntimeRunner:
     name = "onnxruntime"
 
     def available(self) -> str | None:
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError:
-            return "onnxruntime is not installed: pip install onnxruntime"
-        return None
+        return missing("onnxruntime", "pip install onnxruntime")
 
     def prepare(self, model: Path, target: TargetProfile, threads: int) -> Any:
         import onnxruntime as ort

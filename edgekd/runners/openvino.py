@@ -8,7 +8,14 @@ from typing import Any
 import numpy as np
 
 from edgekd.config.schema import TargetProfile
-from edgekd.runners.base import RUNNERS, LatencyStats, MeasureProtocol, summarize, time_calls
+from edgekd.runners.base import (
+    RUNNERS,
+    LatencyStats,
+    MeasureProtocol,
+    missing,
+    summarize,
+    time_calls,
+)
 
 
 @RUNNERS.register("openvino")
@@ -16,11 +23,7 @@ class OpenVINORunner:
     name = "openvino"
 
     def available(self) -> str | None:
-        try:
-            import openvino  # noqa: F401
-        except ImportError:
-            return "OpenVINO is not installed: pip install openvino"
-        return None
+        return missing("openvino", "pip install openvino")
 
     def prepare(self, model: Path, target: TargetProfile, threads: int) -> Any:
         import openvino as ov

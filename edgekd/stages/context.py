@@ -10,11 +10,11 @@ from torch import nn
 
 from edgekd.artifacts import Artifact, sha256_json
 from edgekd.config.loader import validate
-from edgekd.config.schema import CalibrationConfig
+from edgekd.config.schema import AugmentConfig, CalibrationConfig, TrainConfig
 from edgekd.data.datasets import ImageSet, Splits, load_splits, sample
 from edgekd.distill.distiller import Distiller
 from edgekd.distill.teacher import Teacher, cache_logits
-from edgekd.distill.trainer import evaluate
+from edgekd.distill.trainer import evaluate, fit
 from edgekd.models import zoo
 from edgekd.models.io import file_bytes, load_model, save_model
 from edgekd.models.specs import ModelSpec
@@ -118,3 +118,37 @@ def save_and_score(
 
 def checkpoint(ctx: StageContext) -> Path:
     return ctx.dir / "checkpoint.pt"
+
+
+def train(
+    ctx: StageContext,
+    model: nn.Module,
+    cfg: TrainConfig,
+    splits: Splits,
+    device: torch.device,
+    desc: str,
+    distill: Distiller | None = None,
+    teacher_model: Teacher | None = None,
+    augment: AugmentConfig | None = None,
+) -> None:
+    """Train `model` with the pipeline's KD loss (or `distill`), resumable from this stage's
+    checkpoint; the per-epoch history goes into the stage's metrics."""
+    if distill is None:
+        distill = distiller(ctx.plan)
+        teacher_model = teacher(ctx, splits, device)
+    ctx.metrics["history"] = fit(
+        model,
+        splits.train,
+        splits,
+        cfg,
+        distill,
+        teacher=teacher_model,
+        augment=augment or ctx.plan.config.data.augment,
+        device=device,
+        seed=ctx.plan.config.seed,
+        checkpoint=checkpoint(ctx),
+        key=ctx.key,
+        val=splits.val,
+        console=ctx.console,
+        desc=desc,
+    )

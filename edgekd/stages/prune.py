@@ -57,7 +57,7 @@ class PruneStage(Stage):
     def run(self, ctx: StageContext, cfg: PruneConfig) -> dict[str, Artifact]:
         import torch
 
-        from edgekd.distill.trainer import evaluate, fit
+        from edgekd.distill.trainer import evaluate
         from edgekd.models import zoo
         from edgekd.models.io import load_state, resize_to_state_dict
         from edgekd.models.specs import ModelSpec
@@ -91,22 +91,7 @@ class PruneStage(Stage):
             f"pruned {params_before} → {zoo.count_params(model)} parameters; test accuracy "
             f"before recovery {ctx.metrics['pruned_test_acc']:.2f}%"
         )
-        ctx.metrics["history"] = fit(
-            model,
-            splits.train,
-            splits,
-            cfg.train,
-            context.distiller(ctx.plan),
-            teacher=context.teacher(ctx, splits, device),
-            augment=ctx.plan.config.data.augment,
-            device=device,
-            seed=ctx.plan.config.seed,
-            checkpoint=context.checkpoint(ctx),
-            key=ctx.key,
-            val=splits.val,
-            console=ctx.console,
-            desc="prune recovery",
-        )
+        context.train(ctx, model, cfg.train, splits, device, "prune recovery")
         meta.update(
             pruned={"ratio": cfg.ratio, "round_to": cfg.round_to},
             quantization=nncf_qat.config(model) if quantized else None,

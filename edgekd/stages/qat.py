@@ -57,7 +57,7 @@ class QATStage(Stage):
         check_calibration(plan, index, cfg.calibration)
 
     def run(self, ctx: StageContext, cfg: QATConfig) -> dict[str, Artifact]:
-        from edgekd.distill.trainer import evaluate, fit
+        from edgekd.distill.trainer import evaluate
         from edgekd.quant import nncf_qat
         from edgekd.stages import context
 
@@ -77,22 +77,7 @@ class QATStage(Stage):
             f"FP32 {ctx.metrics['fp32_test_acc']:.2f}% → PTQ INT8 "
             f"{ctx.metrics['ptq_test_acc']:.2f}% (calibrated on {len(calibration)} images)"
         )
-        ctx.metrics["history"] = fit(
-            quantized,
-            splits.train,
-            splits,
-            cfg.train,
-            context.distiller(ctx.plan),
-            teacher=context.teacher(ctx, splits, device),
-            augment=ctx.plan.config.data.augment,
-            device=device,
-            seed=ctx.plan.config.seed,
-            checkpoint=context.checkpoint(ctx),
-            key=ctx.key,
-            val=splits.val,
-            console=ctx.console,
-            desc="qat",
-        )
+        context.train(ctx, quantized, cfg.train, splits, device, "qat")
         meta.update(quantization=nncf_qat.config(quantized), calibration=cal_cfg.model_dump())
         artifact = context.save_and_score(ctx, "student", quantized, meta, splits, device)
         ctx.log(f"QAT INT8 test accuracy {ctx.metrics['test_acc']:.2f}%")

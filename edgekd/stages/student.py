@@ -34,28 +34,11 @@ class StudentStage(Stage):
         check_model_spec(plan, index, cfg.model)
 
     def run(self, ctx: StageContext, cfg: StudentConfig) -> dict[str, Artifact]:
-        from edgekd.distill.trainer import fit
         from edgekd.stages import context
 
         device, splits = context.prepare(ctx.plan)
         model = context.build_model(cfg.model, splits)
-        history = fit(
-            model,
-            splits.train,
-            splits,
-            cfg.train,
-            context.distiller(ctx.plan),
-            teacher=context.teacher(ctx, splits, device),
-            augment=ctx.plan.config.data.augment,
-            device=device,
-            seed=ctx.plan.config.seed,
-            checkpoint=context.checkpoint(ctx),
-            key=ctx.key,
-            val=splits.val,
-            console=ctx.console,
-            desc="student",
-        )
-        ctx.metrics["history"] = history
+        context.train(ctx, model, cfg.train, splits, device, "student")
         meta = context.model_meta(cfg.model, splits)
         artifact = context.save_and_score(ctx, "student", model, meta, splits, device)
         ctx.log(f"student test accuracy {ctx.metrics['test_acc']:.2f}%")

@@ -61,7 +61,6 @@ class TeacherStage(Stage):
     def run(self, ctx: StageContext, cfg: TeacherConfig) -> dict[str, Artifact]:
         from edgekd.distill.distiller import Distiller
         from edgekd.distill.specs import CEConfig
-        from edgekd.distill.trainer import fit
         from edgekd.models.io import load_state, read_weights
         from edgekd.stages import context
 
@@ -73,23 +72,17 @@ class TeacherStage(Stage):
             ctx.log(f"loaded {path}")
             ctx.metrics["weights"] = str(path)
         else:
-            history = fit(
+            ce_only = Distiller([("ce", 1.0, CEConfig())])
+            context.train(
+                ctx,
                 model,
-                splits.train,
-                splits,
                 cfg.train,
-                Distiller([("ce", 1.0, CEConfig())]),
-                teacher=None,
+                splits,
+                device,
+                "teacher",
+                distill=ce_only,
                 augment=cfg.augment,
-                device=device,
-                seed=ctx.plan.config.seed,
-                checkpoint=context.checkpoint(ctx),
-                key=ctx.key,
-                val=splits.val,
-                console=ctx.console,
-                desc="teacher",
             )
-            ctx.metrics["history"] = history
         model.to(device)
         meta = context.model_meta(
             cfg.model,

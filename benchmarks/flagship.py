@@ -1,0 +1,162 @@
+"""Benchmark of the README's main job: wall time, teacher vs final student, and what KD adds.
+
+Runs `edgekd run pipelines/mobilenet_jetson.yaml` (timed end to end, as a user would), then the
+same pipeline with the distillation terms removed (plain cross-entropy, same budget), and writes
+docs/benchmarks/flagship.md from the two report.json files. Numbers are measured, never edited.
+
+    python benchmarks/flagship.py [--skip-run] [--out runs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+FLAGSHIP = ROOT / "pipelines" / "mobilenet_jetson.yaml"
+GOALS = {
+    "teacher_acc": 93.5,
+    "final_acc": 92.5,
+    "final_params": 100_000,
+    "bytes_ratio": 0.1,
+    "latency_ratio": 0.2,
+}
+
+
+def run(pipeline: Path, out: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "edgekd.cli", "run", str(pipeline), "--out", str(out)],
+        check=True,
+        cwd=ROOT,
+    )
+    return time.perf_counter() - start
+
+
+def no_kd_variant(tmp: Path) -> Path:
+    """The flagship YAML with only the cross-entropy term: the student without KD."""
+    config = yaml.safe_load(FLAGSHIP.read_text())
+    config["name"] = "mobilenet_jetson_nokd"
+    config["distill"]["losses"] = [{"name": "ce", "weight": 1.0}]
+    path = tmp / "mobilenet_jetson_nokd.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def mark(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def render(report: dict, nokd: dict, wall_s: float | None, nokd_wall_s: float | None) -> str:
+    s, n = report["summary"], nokd["summary"]
+    t, f, r = s["teacher"], s["final"], s["ratios"]
+    best = f["best"]
+    latency_ratio = r["best_latency_vs_teacher_onnxruntime"]
+    stages = {st["stage"]: st for st in report["stages"]}
+    lines = [
+        "# Flagship benchmark: `edgekd run pipelines/mobilenet_jetson.yaml`",
+        "",
+        f"Measured by `python benchmarks/flagship.py` on {report['machine']['cpu']} "
+        f"({report['machine']['cores']} cores, no GPU), {report['created_utc']}. "
+        "Dataset and packages were installed beforehand.",
+        "",
+        "## Wall time",
+        "",
+        f"- whole default run, end to end: **{wall_s / 60:.1f} min** (goal ≤ 15 min: "
+        f"{mark(wall_s <= 900)})"
+        if wall_s
+        else "- whole run: not timed (--skip-run)",
+        "- per stage (s): " + ", ".join(f"{k} {v['wall_s']}" for k, v in stages.items()),
+        "",
+        "## Teacher vs final student (all 10,000 test images, accuracy by onnxruntime)",
+        "",
+        "| | precision | test acc % | params | MACs | bytes on disk (ONNX) | "
+        "onnxruntime CPU median ms | fastest measured |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, row in (("teacher", t), ("final student", f)):
+        b = row["best"]
+        lines.append(
+            f"| {label} | {row['precision']} | {row['test_acc']:.2f} | "
+            f"{row['params']:,} | {row['macs']:,} | {row['bytes']:,} | "
+            f"{row['onnxruntime_median_ms']:.3f} | {b['median_ms']:.3f} ms "
+            f"({b['runtime']}) |"
+        )
+    lines += [
+        "",
+        "## Goals (issue #2)",
+        "",
+        f"- teacher ≥ {GOALS['teacher_acc']} %: {t['test_acc']:.2f} % — "
+        f"{mark(t['test_acc'] >= GOALS['teacher_acc'])}",
+        f"- final INT8 pruned student ≥ {GOALS['final_acc']} %: {f['test_acc']:.2f} % — "
+        f"{mark(f['test_acc'] >= GOALS['final_acc'])}",
+        f"- under 100K parameters: {f['params']:,} — {mark(f['params'] < GOALS['final_params'])}",
+        f"- ≤ 1/10 of the teacher's bytes: ×{r['bytes']:.3f} — "
+        f"{mark(r['bytes'] <= GOALS['bytes_ratio'])}",
+        f"- ≤ 1/5 of the teacher's FP32 CPU latency: same runtime (onnxruntime) "
+        f"×{r['onnxruntime_latency']:.3f} — {mark(r['onnxruntime_latency'] <= 0.2)}; "
+        f"fastest measured runtime for the final model ({best['runtime']}) "
+        f"×{latency_ratio:.3f} — {mark(latency_ratio <= 0.2)}",
+        "",
+        "## What KD adds (same student, same budget, cross-entropy only)",
+        "",
+        "| | final test acc % | student FP32 test acc % | wall time |",
+        "|---|---|---|---|",
+    ]
+    fp32 = {m["role"]: m for m in report["models"]}.get("student_fp32", {})
+    fp32_nokd = {m["role"]: m for m in nokd["models"]}.get("student_fp32", {})
+    for label, summary, student, wall in (
+        ("with KD", s, fp32, wall_s),
+        ("without KD", n, fp32_nokd, nokd_wall_s),
+    ):
+        lines.append(
+            f"| {label} | {summary['final']['test_acc']:.2f} | "
+            f"{student.get('test_acc', float('nan')):.2f} | "
+            f"{wall / 60:.1f} min |"
+            if wall
+            else f"| {label} | {summary['final']['test_acc']:.2f} | {student.get('test_acc')} | – |"
+        )
+    delta = s["final"]["test_acc"] - n["final"]["test_acc"]
+    lines += [
+        "",
+        f"KD changed the final model's test accuracy by {delta:+.2f} points "
+        "(one seed; the spread between seeds is not measured here).",
+        "",
+        "Full per-stage and per-runtime tables: `runs/mobilenet_jetson/report.md`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--skip-run", action="store_true", help="only re-render from runs/")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs")
+    args = parser.parse_args()
+    tmp = args.out / ".benchmarks"
+    tmp.mkdir(parents=True, exist_ok=True)
+    nokd_yaml = no_kd_variant(tmp)
+    wall = nokd_wall = None
+    if not args.skip_run:
+        wall = run(FLAGSHIP, args.out)
+        nokd_wall = run(nokd_yaml, args.out)
+        (tmp / "walls.json").write_text(json.dumps({"kd": wall, "nokd": nokd_wall}))
+    elif (tmp / "walls.json").exists():
+        walls = json.loads((tmp / "walls.json").read_text())
+        wall, nokd_wall = walls["kd"], walls["nokd"]
+    report = json.loads((args.out / "mobilenet_jetson" / "report.json").read_text())
+    nokd = json.loads((args.out / "mobilenet_jetson_nokd" / "report.json").read_text())
+    text = render(report, nokd, wall, nokd_wall)
+    target = ROOT / "docs" / "benchmarks" / "flagship.md"
+    target.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
