@@ -1,4 +1,4 @@
-"""The command line: edgekd run | validate | targets | check."""
+"""The command line: edgekd run | validate | check."""
 
 from __future__ import annotations
 
@@ -30,6 +30,25 @@ def _validate(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace, console: Console) -> int:
+    from edgekd.artifacts import read_json
+    from edgekd.report.gate import Limits, check
+
+    def load(path: Path) -> dict:
+        try:
+            return dict(read_json(path))
+        except (OSError, ValueError) as exc:
+            raise EdgeKDError(f"cannot read report {path}: {exc}") from None
+
+    limits = Limits(**{k: getattr(args, k) for k in Limits.__dataclass_fields__})
+    results = check(load(args.report), limits, load(args.baseline) if args.baseline else None)
+    if not results:
+        raise EdgeKDError("no limits given; see `edgekd check --help`")
+    for name, ok, detail in results:
+        print(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}")
+    return 0 if all(ok for _, ok, _ in results) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgekd",
@@ -59,6 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("pipeline", type=Path)
     validate.set_defaults(func=_validate)
+
+    gate = sub.add_parser("check", help="gate a report.json for CI: exit 1 when a limit fails")
+    gate.add_argument("report", type=Path, help="runs/<name>/report.json")
+    gate.add_argument("--baseline", type=Path, help="an earlier report.json to compare with")
+    for flag, kind, text in (
+        ("min-acc", float, "least final test accuracy, %"),
+        ("max-acc-drop", float, "most teacher − final accuracy, points"),
+        ("max-params", int, "most final parameters"),
+        ("max-bytes-ratio", float, "most final/teacher ONNX bytes"),
+        ("max-latency-ms", float, "most final median latency (fastest measured runtime)"),
+        ("max-acc-regression", float, "most accuracy lost vs --baseline, points"),
+        ("max-latency-regression", float, "most latency ratio vs --baseline, e.g. 1.1"),
+    ):
+        gate.add_argument(f"--{flag}", type=kind, help=text)
+    gate.set_defaults(func=_check)
     return parser
 
 

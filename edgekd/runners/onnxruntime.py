@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from edgekd.config.schema import TargetProfile
 from edgekd.runners.base import (
     RUNNERS,
     LatencyStats,
@@ -25,7 +24,7 @@ class OnnxRuntimeRunner:
     def available(self) -> str | None:
         return missing("onnxruntime", "pip install onnxruntime")
 
-    def prepare(self, model: Path, target: TargetProfile, threads: int) -> Any:
+    def prepare(self, model: Path, threads: int) -> Any:
         import onnxruntime as ort
 
         options = ort.SessionOptions()

@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from edgekd.config.schema import TargetProfile
 from edgekd.runners.base import (
     RUNNERS,
     LatencyStats,
@@ -25,7 +24,7 @@ class OpenVINORunner:
     def available(self) -> str | None:
         return missing("openvino", "pip install openvino")
 
-    def prepare(self, model: Path, target: TargetProfile, threads: int) -> Any:
+    def prepare(self, model: Path, threads: int) -> Any:
         import openvino as ov
 
         core = ov.Core()

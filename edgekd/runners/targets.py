@@ -12,6 +12,7 @@ import numpy as np
 
 from edgekd.config.schema import TargetProfile
 from edgekd.runners.base import RUNNERS, MeasureProtocol, Runner, cpu_name, default_threads
+from edgekd.runners.measure import MeasureError, measure_in_subprocess
 
 # Importing a runner module registers it; the backend library itself loads on first use.
 RUNNER_MODULES = {
@@ -121,16 +122,13 @@ def _measure_one(
         return {"status": "skipped", "reason": missing}
     threads = protocol.threads or target.threads or default_threads()
     try:
-        session = runner.prepare(model.path, target, threads)
-        outputs = runner.infer(session, images)
-        agreement = float((outputs.argmax(1) == reference.argmax(1)).mean() * 100)
-        stats = runner.measure(session, protocol, images[: protocol.batch], model.precision)
-    except Exception as exc:  # a broken runtime becomes a row, not a crashed run
-        return {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:500]}
+        outputs, stats = measure_in_subprocess(runtime, model, threads, protocol, images)
+    except MeasureError as exc:  # a broken runtime becomes a row, not a crashed run
+        return {"status": "failed", "reason": str(exc)[-500:]}
     return {
         "status": "ok",
         "machine": cpu_name(),
-        "top1_agreement": agreement,
+        "top1_agreement": float((outputs.argmax(1) == reference.argmax(1)).mean() * 100),
         "max_abs_diff": float(np.abs(outputs - reference).max()),
-        **stats.to_json(),
+        **stats,
     }

@@ -35,6 +35,16 @@ class ExportConfig(Strict):
     )
 
 
+def require_parity(name: str, check: dict[str, Any], tol: Tolerance) -> None:
+    """Fail the stage, with the numbers, when the exported model is outside tolerance."""
+    if check["max_abs_diff"] > tol.max_abs_diff or check["top1_agreement"] < tol.top1_agreement:
+        raise ParityError(
+            f"{name}: onnxruntime disagrees with PyTorch on {check['images']} test images: "
+            f"max |diff| {check['max_abs_diff']:.3g} (allowed {tol.max_abs_diff}), top-1 "
+            f"agreement {check['top1_agreement']:.2f}% (required {tol.top1_agreement}%)"
+        )
+
+
 @STAGES.register("export")
 class ExportStage(Stage):
     Config = ExportConfig
@@ -73,17 +83,7 @@ class ExportStage(Stage):
             if precision == "int8":
                 store_int8_weights(path)
             check = parity(path, model, test_images[: cfg.parity_images])
-            tol = cfg.tolerance[precision]
-            if (
-                check["max_abs_diff"] > tol.max_abs_diff
-                or check["top1_agreement"] < tol.top1_agreement
-            ):
-                raise ParityError(
-                    f"{path.name}: onnxruntime disagrees with PyTorch on {check['images']} test "
-                    f"images: max |diff| {check['max_abs_diff']:.3g} (allowed "
-                    f"{tol.max_abs_diff}), top-1 agreement {check['top1_agreement']:.2f}% "
-                    f"(required {tol.top1_agreement}%)"
-                )
+            require_parity(path.name, check, cfg.tolerance[precision])
             logits = onnx_logits(path, test_images)
             accuracy = (
                 float((torch.from_numpy(logits).argmax(1) == splits.test.labels).float().mean())

@@ -26,6 +26,12 @@ class PruneConfig(Strict):
         "prunable layer (torch-pruning's pruning_ratio).",
     )
     round_to: int = Field(8, ge=1, description="Keep channel counts multiples of this.")
+    bn_recalibration_images: int = Field(
+        2048,
+        ge=0,
+        description="Training images used to re-estimate BatchNorm statistics "
+        "right after pruning (0 = keep the old ones).",
+    )
     calibration: str | None = Field(
         None,
         description="Calibration set used to re-quantize a "
@@ -57,11 +63,12 @@ class PruneStage(Stage):
     def run(self, ctx: StageContext, cfg: PruneConfig) -> dict[str, Artifact]:
         import torch
 
+        from edgekd.data.datasets import batches, sample
         from edgekd.distill.trainer import evaluate
         from edgekd.models import zoo
         from edgekd.models.io import load_state, resize_to_state_dict
         from edgekd.models.specs import ModelSpec
-        from edgekd.prune.depgraph import channel_counts, prune_channels
+        from edgekd.prune.depgraph import channel_counts, prune_channels, recalibrate_batchnorm
         from edgekd.quant import nncf_qat
         from edgekd.stages import context
 
@@ -75,6 +82,9 @@ class PruneStage(Stage):
         example = torch.zeros(1, *splits.input_shape)
         params_before = zoo.count_params(model)
         prune_channels(model, example, cfg.ratio, cfg.round_to, len(splits.classes))
+        if cfg.bn_recalibration_images:
+            recalibration = sample(splits.train, cfg.bn_recalibration_images, ctx.plan.config.seed)
+            recalibrate_batchnorm(model, [b.images for b in batches(recalibration, splits, 256)])
         ctx.metrics.update(params_before=params_before, channels=channel_counts(model))
         quantized = bool(meta.get("quantization"))
         if quantized:

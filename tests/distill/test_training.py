@@ -16,6 +16,22 @@ CPU = torch.device("cpu")
 CE = Distiller([("ce", 1.0, CEConfig())])
 
 
+def train(model, splits, cfg, distiller=CE, teacher=None, **kwargs):
+    """fit() with this file's defaults: no augmentation, CPU, seed 0."""
+    return fit(
+        model,
+        splits.train,
+        splits,
+        cfg,
+        distiller,
+        teacher=teacher,
+        augment=AugmentConfig(),
+        device=CPU,
+        seed=0,
+        **kwargs,
+    )
+
+
 def tiny(seed=0):
     torch.manual_seed(seed)
     return zoo.build(ModelSpec(arch="tiny_cnn", widths=[8, 16]), 1, 10)
@@ -24,17 +40,7 @@ def tiny(seed=0):
 def test_training_learns(splits):
     model = tiny()
     before = evaluate(model, splits.val, splits, CPU)
-    fit(
-        model,
-        splits.train,
-        splits,
-        TrainConfig(epochs=2, lr=0.2, batch_size=32),
-        CE,
-        teacher=None,
-        augment=AugmentConfig(),
-        device=CPU,
-        seed=0,
-    )
+    train(model, splits, TrainConfig(epochs=2, lr=0.2, batch_size=32))
     after = evaluate(model, splits.val, splits, CPU)
     assert after > before + 30 and after > 50  # chance is 10 %
 
@@ -56,47 +62,13 @@ class Interrupting(Distiller):
 def test_resume_after_interruption_matches_an_uninterrupted_run(splits, tmp_path):
     cfg = TrainConfig(epochs=2, lr=0.05, batch_size=100)  # 20 steps per epoch
     straight = tiny()
-    fit(
-        straight,
-        splits.train,
-        splits,
-        cfg,
-        CE,
-        teacher=None,
-        augment=AugmentConfig(),
-        device=CPU,
-        seed=0,
-    )
+    train(straight, splits, cfg)
     ckpt = tmp_path / "checkpoint.pt"
     with pytest.raises(KeyboardInterrupt):  # killed in the middle of epoch 2
-        fit(
-            tiny(),
-            splits.train,
-            splits,
-            cfg,
-            Interrupting(at=27),
-            teacher=None,
-            augment=AugmentConfig(),
-            device=CPU,
-            seed=0,
-            checkpoint=ckpt,
-            key="k",
-        )
+        train(tiny(), splits, cfg, distiller=Interrupting(at=27), checkpoint=ckpt, key="k")
     assert torch.load(ckpt, weights_only=True)["epoch"] == 1
     resumed = tiny(seed=123)  # another init: everything must come from the checkpoint
-    history = fit(
-        resumed,
-        splits.train,
-        splits,
-        cfg,
-        CE,
-        teacher=None,
-        augment=AugmentConfig(),
-        device=CPU,
-        seed=0,
-        checkpoint=ckpt,
-        key="k",
-    )
+    history = train(resumed, splits, cfg, checkpoint=ckpt, key="k")
     assert [h["epoch"] for h in history] == [1, 2]
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)
@@ -105,44 +77,10 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(splits, tmp_path
 def test_checkpoint_of_another_config_is_not_resumed(splits, tmp_path):
     ckpt = tmp_path / "checkpoint.pt"
     cfg = TrainConfig(epochs=1, lr=0.05)
-    fit(
-        tiny(),
-        splits.train,
-        splits,
-        cfg,
-        CE,
-        teacher=None,
-        augment=AugmentConfig(),
-        device=CPU,
-        seed=0,
-        checkpoint=ckpt,
-        key="old",
-    )
+    train(tiny(), splits, cfg, checkpoint=ckpt, key="old")
     fresh, reference = tiny(), tiny()
-    fit(
-        fresh,
-        splits.train,
-        splits,
-        cfg,
-        CE,
-        teacher=None,
-        augment=AugmentConfig(),
-        device=CPU,
-        seed=0,
-        checkpoint=ckpt,
-        key="new",
-    )
-    fit(
-        reference,
-        splits.train,
-        splits,
-        cfg,
-        CE,
-        teacher=None,
-        augment=AugmentConfig(),
-        device=CPU,
-        seed=0,
-    )
+    train(fresh, splits, cfg, checkpoint=ckpt, key="new")
+    train(reference, splits, cfg)
     for a, b in zip(fresh.state_dict().values(), reference.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)
 
@@ -177,32 +115,12 @@ def test_teacher_is_frozen(splits):
     kd = Distiller([("kd", 1.0, KDConfig())])
     student = tiny(1)
     before = [p.clone() for p in model.parameters()]
-    fit(
-        student,
-        splits.train,
-        splits,
-        TrainConfig(epochs=0.2, lr=0.05),
-        kd,
-        teacher=teacher,
-        augment=AugmentConfig(),
-        device=CPU,
-        seed=0,
-    )
+    train(student, splits, TrainConfig(epochs=0.2, lr=0.05), distiller=kd, teacher=teacher)
     for a, b in zip(before, model.parameters(), strict=True):
         assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("epochs", [0.5, 1.5])
 def test_fractional_epochs_take_the_right_number_of_steps(splits, epochs):
-    history = fit(
-        tiny(),
-        splits.train,
-        splits,
-        TrainConfig(epochs=epochs, batch_size=100),
-        CE,
-        teacher=None,
-        augment=AugmentConfig(),
-        device=CPU,
-        seed=0,
-    )
+    history = train(tiny(), splits, TrainConfig(epochs=epochs, batch_size=100))
     assert len(history) == (1 if epochs < 1 else 2)

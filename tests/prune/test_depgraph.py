@@ -41,3 +41,17 @@ def test_pruning_zeroed_channels_changes_nothing():
     prune_channels(model, torch.zeros(1, 1, 28, 28), 0.5, 1, 10)
     assert model[0][0].out_channels == 8
     torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_batchnorm_recalibration_matches_the_data():
+    from edgekd.prune.depgraph import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    model = zoo.build(ModelSpec(arch="tiny_cnn", widths=[4]), 1, 10).eval()
+    images = [torch.randn(32, 1, 8, 8) * 2 + 1 for _ in range(3)]
+    recalibrate_batchnorm(model, images)
+    with torch.no_grad():
+        conv_out = torch.cat([model[0][0](x) for x in images])
+    bn = model[0][1]
+    torch.testing.assert_close(bn.running_mean, conv_out.mean((0, 2, 3)), atol=1e-5, rtol=1e-4)
+    assert bn.momentum == 0.1 and not model.training  # settings restored

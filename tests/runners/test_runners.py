@@ -60,7 +60,7 @@ def test_runner_outputs_match_and_latency_is_recorded(tiny_onnx, runtime):
     runner = get_runner(runtime)
     assert runner is not None and runner.available() is None
     images = np.random.default_rng(0).standard_normal((8, 1, 28, 28)).astype(np.float32)
-    session = runner.prepare(tiny_onnx, CPU_TARGET, threads=1)
+    session = runner.prepare(tiny_onnx, threads=1)
     np.testing.assert_allclose(
         runner.infer(session, images), onnx_logits(tiny_onnx, torch.from_numpy(images)), atol=1e-4
     )
