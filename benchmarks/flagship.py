@@ -53,7 +53,13 @@ def mark(ok: bool) -> str:
     return "met" if ok else "**not met**"
 
 
-def render(report: dict, nokd: dict, wall_s: float | None, nokd_wall_s: float | None) -> str:
+def render(
+    report: dict,
+    nokd: dict,
+    wall_s: float | None,
+    nokd_wall_s: float | None,
+    prune_first: dict | None = None,
+) -> str:
     s, n = report["summary"], nokd["summary"]
     t, f, r = s["teacher"], s["final"], s["ratios"]
     best = f["best"]
@@ -128,9 +134,25 @@ def render(report: dict, nokd: dict, wall_s: float | None, nokd_wall_s: float | 
         f"KD changed the final model's test accuracy by {delta:+.2f} points "
         "(one seed; the spread between seeds is not measured here).",
         "",
-        "Full per-stage and per-runtime tables: `runs/mobilenet_jetson/report.md`.",
-        "",
     ]
+    if prune_first is not None:
+        lines += [
+            "## Stage order: qat → prune (flagship) vs prune → qat",
+            "",
+            "`pipelines/mobilenet_prune_first.yaml`, run with `edgekd run` after the "
+            "flagship (same teacher, student and budget).",
+            "",
+            "| order | final test acc % | params | sum of stage times |",
+            "|---|---|---|---|",
+        ]
+        for label, rep in (("qat → prune", report), ("prune → qat", prune_first)):
+            fin = rep["summary"]["final"]
+            lines.append(
+                f"| {label} | {fin['test_acc']:.2f} | {fin['params']:,} | "
+                f"{rep['total_wall_s'] / 60:.1f} min |"
+            )
+        lines.append("")
+    lines += ["Full per-stage and per-runtime tables: `runs/mobilenet_jetson/report.md`.", ""]
     return "\n".join(lines)
 
 
@@ -157,7 +179,9 @@ def main() -> None:
     wall, nokd_wall = walls.get("kd"), walls.get("nokd")
     report = json.loads((args.out / "mobilenet_jetson" / "report.json").read_text())
     nokd = json.loads((args.out / "mobilenet_jetson_nokd" / "report.json").read_text())
-    text = render(report, nokd, wall, nokd_wall)
+    prune_first_file = args.out / "mobilenet_prune_first" / "report.json"
+    prune_first = json.loads(prune_first_file.read_text()) if prune_first_file.exists() else None
+    text = render(report, nokd, wall, nokd_wall, prune_first)
     target = ROOT / "docs" / "benchmarks" / "flagship.md"
     target.write_text(text)
     print(text)

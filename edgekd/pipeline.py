@@ -203,9 +203,9 @@ def run(
             shutil.rmtree(kept, ignore_errors=True)
             kept.parent.mkdir(parents=True, exist_ok=True)
             stage_dir.rename(kept)
+            why = "config or inputs changed" if manifest.get("key") != key else "rerun"
             console.print(
-                f"[yellow]{spec.dirname}: config or inputs changed; previous "
-                f"result moved to {kept}[/yellow]"
+                f"[yellow]{spec.dirname}: {why}; previous result moved to {kept}[/yellow]"
             )
         elif manifest is not None:
             console.print(f"[yellow]{spec.dirname}: resuming an interrupted run[/yellow]")

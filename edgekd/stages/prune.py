@@ -94,7 +94,11 @@ class PruneStage(Stage):
                     "stage so the pruned model can be re-quantized"
                 )
             cal_cfg, calibration = context.calibration_set(ctx.plan, cfg.calibration, splits)
-            model = nncf_qat.quantize(model, calibration, splits, cal_cfg.batch_size, device)
+            # Same NNCF preset as the qat stage that quantized the student.
+            preset = meta.get("quant_preset", "performance")
+            model = nncf_qat.quantize(
+                model, calibration, splits, cal_cfg.batch_size, device, preset
+            )
         model.to(device)
         ctx.metrics["pruned_test_acc"] = round(evaluate(model, splits.test, splits, device), 2)
         ctx.log(

@@ -78,7 +78,11 @@ class QATStage(Stage):
             f"{ctx.metrics['ptq_test_acc']:.2f}% (calibrated on {len(calibration)} images)"
         )
         context.train(ctx, quantized, cfg.train, splits, device, "qat")
-        meta.update(quantization=nncf_qat.config(quantized), calibration=cal_cfg.model_dump())
+        meta.update(
+            quantization=nncf_qat.config(quantized),
+            calibration=cal_cfg.model_dump(),
+            quant_preset=cfg.preset,
+        )
         artifact = context.save_and_score(ctx, "student", quantized, meta, splits, device)
         ctx.log(f"QAT INT8 test accuracy {ctx.metrics['test_acc']:.2f}%")
         return {"student": artifact}
