@@ -18,6 +18,8 @@ from pathlib import Path
 
 import yaml
 
+from edgekd.report.markdown import summary_table
+
 ROOT = Path(__file__).resolve().parents[1]
 FLAGSHIP = ROOT / "pipelines" / "mobilenet_jetson.yaml"
 GOALS = {
@@ -82,18 +84,8 @@ def render(
         "",
         "## Teacher vs final student (all 10,000 test images, accuracy by onnxruntime)",
         "",
-        "| | precision | test acc % | params | MACs | bytes on disk (ONNX) | "
-        "onnxruntime CPU median ms | fastest measured |",
-        "|---|---|---|---|---|---|---|---|",
+        *summary_table(s),
     ]
-    for label, row in (("teacher", t), ("final student", f)):
-        b = row["best"]
-        lines.append(
-            f"| {label} | {row['precision']} | {row['test_acc']:.2f} | "
-            f"{row['params']:,} | {row['macs']:,} | {row['bytes']:,} | "
-            f"{row['onnxruntime_median_ms']:.3f} | {b['median_ms']:.3f} ms "
-            f"({b['runtime']}) |"
-        )
     lines += [
         "",
         "## Goals (issue #2)",

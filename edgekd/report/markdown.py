@@ -11,6 +11,26 @@ def _fmt(value: Any, spec: str = "") -> str:
     return format(value, spec) if spec else str(value)
 
 
+def summary_table(summary: dict[str, Any]) -> list[str]:
+    """Teacher vs final model: accuracy, size and latency, one row each."""
+    lines = [
+        "| | precision | test acc % | params | MACs | bytes on disk | ORT CPU median ms "
+        "| fastest measured |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label in ("teacher", "final"):
+        row, best = summary[label], summary[label]["best"]
+        best_text = (
+            f"{best['median_ms']:.3f} ms ({best['runtime']}, {best['target']})" if best else "–"
+        )
+        lines.append(
+            f"| {label} | {row['precision']} | {row['test_acc']:.2f} | "
+            f"{row['params']:,} | {row['macs']:,} | {row['bytes']:,} | "
+            f"{_fmt(row['onnxruntime_median_ms'], '.3f')} | {best_text} |"
+        )
+    return lines
+
+
 def render(report: dict[str, Any]) -> str:
     lines = [
         f"# edgekd report: {report['pipeline']['name']}",
@@ -23,24 +43,8 @@ def render(report: dict[str, Any]) -> str:
     ]
     summary = report["summary"]
     if summary:
-        t, f, r = summary["teacher"], summary["final"], summary["ratios"]
-        lines += [
-            "## Teacher vs final model",
-            "",
-            "| | precision | test acc % | params | MACs | bytes on disk | ORT CPU median ms "
-            "| fastest measured |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for label, row in (("teacher", t), ("final", f)):
-            best = row["best"]
-            best_text = (
-                f"{best['median_ms']:.3f} ms ({best['runtime']}, {best['target']})" if best else "–"
-            )
-            lines.append(
-                f"| {label} | {row['precision']} | {row['test_acc']:.2f} | "
-                f"{row['params']:,} | {row['macs']:,} | {row['bytes']:,} | "
-                f"{_fmt(row['onnxruntime_median_ms'], '.3f')} | {best_text} |"
-            )
+        r = summary["ratios"]
+        lines += ["## Teacher vs final model", "", *summary_table(summary)]
         lines += [
             "",
             f"Final / teacher: bytes ×{r['bytes']}, params ×{r['params']}, "
