@@ -122,8 +122,8 @@ def normalize(images: torch.Tensor, splits: Splits) -> torch.Tensor:
 
 
 def to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Move a batch to `device` in channels-last layout, which the convolutions here run
-    1.5× (training) to 3× (inference) faster in on the development CPU (measured)."""
+    """Move a batch to `device` in channels-last layout: student training ran 1.5× faster in
+    it on the development CPU (952 → 1,460 img/s, measured), teacher inference ~2×."""
     return images.to(device, memory_format=torch.channels_last)
 
 

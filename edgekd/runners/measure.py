@@ -1,9 +1,10 @@
 """Measures one model with one runtime in a fresh process: `python -m edgekd.runners.measure`.
 
-Timing inside the training process was not repeatable: the same INT8 file measured 0.29 ms in
-one pipeline run and 0.53 ms in the next (onnxruntime, batch 1, 2 threads), while two fresh
-processes agree. A clean process per measurement has no leftover thread pools, allocator state
-or spinning workers from PyTorch; it is also how the same entry point runs on a remote device.
+Timing inside the training process was not repeatable: two pipeline runs' INT8 models with the
+same graph measured 0.29 ms and 0.53 ms (onnxruntime, batch 1, 2 threads), while fresh processes
+timed them at 0.39 and 0.40 ms. A clean process per measurement has no leftover thread pools,
+allocator state or spinning workers from PyTorch; it is also how the same entry point runs on a
+remote device.
 """
 
 from __future__ import annotations
