@@ -57,11 +57,9 @@ def distiller(plan: Plan) -> Distiller:
     return Distiller(plan.losses)
 
 
-def teacher(ctx: StageContext, splits: Splits, device: torch.device) -> Teacher | None:
-    """The frozen teacher with cached logits when the loss and augmentation allow it."""
+def teacher(ctx: StageContext, splits: Splits, device: torch.device) -> Teacher:
+    """The frozen teacher, with cached logits when the augmentation allows it."""
     plan = ctx.plan
-    if not distiller(plan).needs_teacher:
-        return None
     model, _ = load_model(ctx.input_path("teacher"))
     cached = None
     if plan.config.distill.cache_teacher_logits and plan.config.data.augment.crop_pad == 0:
@@ -128,14 +126,14 @@ def train(
     device: torch.device,
     desc: str,
     distill: Distiller | None = None,
-    teacher_model: Teacher | None = None,
     augment: AugmentConfig | None = None,
 ) -> None:
     """Train `model` with the pipeline's KD loss (or `distill`), resumable from this stage's
-    checkpoint; the per-epoch history goes into the stage's metrics."""
+    checkpoint; the per-epoch history goes into the stage's metrics. The teacher is loaded only
+    when a loss term needs it."""
     if distill is None:
         distill = distiller(ctx.plan)
-        teacher_model = teacher(ctx, splits, device)
+    teacher_model = teacher(ctx, splits, device) if distill.needs_teacher else None
     ctx.metrics["history"] = fit(
         model,
         splits.train,
