@@ -20,6 +20,7 @@ from edgekd.artifacts import (
     read_json,
     read_manifest,
     sha256_json,
+    sha256_path,
     write_json,
 )
 from edgekd.config.loader import Document, load_yaml, validate
@@ -79,6 +80,8 @@ def load_plan(path: str | Path) -> Plan:
         params = dict(term.model_extra or {})
         plan.losses.append((term.name, term.weight, validate(loss_config, params, doc, loc)))
 
+    check_distill(plan)
+
     produced: set[str] = set()
     for i, raw in enumerate(config.stages):
         stage_loc: tuple[str, int] = ("stages", i)
@@ -119,12 +122,54 @@ def load_plan(path: str | Path) -> Plan:
     return plan
 
 
+def check_distill(plan: Plan) -> None:
+    """Scheme settings, extra teachers and their files, before anything runs."""
+    from edgekd.models.specs import MODEL_CONFIGS, ModelSpec
+
+    cfg, doc = plan.config.distill, plan.doc
+    if cfg.scheme == "byot" and cfg.byot is None:
+        raise doc.error(("distill", "scheme"), "scheme byot needs `byot: {exits: [...]}`")
+    for i, teacher in enumerate(cfg.teachers):
+        loc: tuple[str | int, ...] = ("distill", "teachers", i)
+        if (teacher.onnx is None) == (teacher.model is None):
+            raise doc.error(loc, "a teacher needs either `model:` + `weights:` or `onnx:`")
+        if teacher.model is not None and teacher.weights is None:
+            raise doc.error(loc, "`model:` needs `weights:` (extra teachers are not trained here)")
+        if teacher.model is not None:
+            spec = validate(ModelSpec, teacher.model, doc, (*loc, "model"))
+            try:
+                arch = MODEL_CONFIGS.get(spec.arch)
+            except ConfigError as exc:
+                raise doc.error((*loc, "model", "arch"), str(exc)) from None
+            validate(arch, spec.arch_kwargs(), doc, (*loc, "model"))
+        for key in ("weights", "onnx"):
+            value = getattr(teacher, key)
+            if value is not None and not plan.resolve(value).exists():
+                raise doc.error(
+                    (*loc, key),
+                    f"{value!r} not found (looked in {Path.cwd()} and {plan.path.parent})",
+                )
+    if cfg.teacher_weights is not None and len(cfg.teacher_weights) != 1 + len(cfg.teachers):
+        raise doc.error(
+            ("distill", "teacher_weights"),
+            f"{len(cfg.teacher_weights)} weights for {1 + len(cfg.teachers)} teachers "
+            "(the teacher stage's, then distill.teachers)",
+        )
+
+
 def stage_key(plan: Plan, spec: StageSpec, inputs: dict[str, Artifact]) -> str:
     """Identity of a stage's result: its config, its inputs' hashes, the globals it uses."""
     cfg = plan.config.model_dump(mode="json")
     uses = {name: cfg[name] for name in spec.stage.uses if name in cfg}
     if "targets" in spec.stage.uses:
         uses["targets"] = [t.model_dump(mode="json") for t in plan.targets]
+    if "distill" in spec.stage.uses:  # the content of extra teachers, not only their paths
+        uses["teacher_files"] = [
+            sha256_path(plan.resolve(value))
+            for t in plan.config.distill.teachers
+            for value in (t.weights, t.onnx)
+            if value is not None
+        ]
     return sha256_json(
         {
             "stage": spec.name,

@@ -84,6 +84,48 @@ class LossTerm(Strict):
     weight: float = Field(1.0, ge=0, description="Multiplier of this term in the summed loss.")
 
 
+class DMLConfig(Strict):
+    """Zhang et al. 2018, Deep Mutual Learning: peers trained together, each teaching the others."""
+
+    peers: int = Field(2, ge=2, le=8, description="Models trained together, the student included.")
+    weight: float = Field(1.0, ge=0, description="Weight of each peer's mimicry term.")
+    temperature: float = Field(1.0, gt=0, description="Softmax temperature of the mimicry KL.")
+
+
+class BYOTConfig(Strict):
+    """Zhang et al. 2019, Be Your Own Teacher: shallow exits learn from the deepest classifier."""
+
+    exits: list[str] = Field(
+        min_length=1, description="Dotted module paths in the student where exit heads attach."
+    )
+    alpha: float = Field(0.3, ge=0, le=1, description="KD share of each exit's loss (paper α).")
+    temperature: float = Field(3.0, gt=0, description="Temperature of the exits' KD term.")
+    feature_weight: float = Field(
+        0.03, ge=0, description="λ: weight of the L2 hint from each exit to the deepest features."
+    )
+
+
+class ExtraTeacher(Strict):
+    """A further teacher: edgekd weights with an architecture, or an ONNX file."""
+
+    model: dict[str, object] | None = Field(
+        None, description="Architecture (`arch` + settings), with `weights`."
+    )
+    weights: str | None = Field(None, description="Trained weights (.safetensors or state_dict).")
+    onnx: str | None = Field(None, description="An .onnx teacher run through onnxruntime.")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=1, description="Label smoothing this teacher was trained with, if any."
+    )
+
+
+class UnlabeledConfig(Strict):
+    source: str = Field(
+        description="`train_rest`: the training images left out by data.train_subset, without "
+        "their labels; or a folder of images (searched recursively)."
+    )
+    limit: int | None = Field(None, gt=0, description="Use at most this many images.")
+
+
 class DistillConfig(Strict):
     losses: list[LossTerm] = Field(
         default_factory=lambda: [
@@ -95,7 +137,30 @@ class DistillConfig(Strict):
     cache_teacher_logits: bool = Field(
         True,
         description="Compute the teacher's logits for every "
-        "training image (and its flip) once and reuse them.",
+        "training image (and its flip) once and reuse them (logit losses only).",
+    )
+    scheme: Literal["offline", "dml", "byot"] = Field(
+        "offline",
+        description="offline: frozen teacher(s); dml: mutual learning of peers; byot: "
+        "self-distillation from the deepest exit to shallow ones.",
+    )
+    dml: DMLConfig = Field(default_factory=DMLConfig, description="Settings of scheme dml.")
+    byot: BYOTConfig | None = Field(None, description="Settings of scheme byot.")
+    teachers: list[ExtraTeacher] = Field(
+        default_factory=list,
+        description="Teachers beside the teacher stage's (which is teacher 0).",
+    )
+    multi_teacher: Literal["average", "random", "split"] = Field(
+        "average",
+        description="average: each teacher-reading term is the weighted mean over teachers "
+        "(for KD this is KD to the averaged soft targets); random: one teacher per batch; "
+        "split: teacher 0 gives response knowledge, teacher 1 feature/relation knowledge.",
+    )
+    teacher_weights: list[float] | None = Field(
+        None, description="Weights of the teachers in `average` mode (normalised to sum 1)."
+    )
+    unlabeled: UnlabeledConfig | None = Field(
+        None, description="Extra images without labels, labelled by the teacher's soft targets."
     )
 
 

@@ -36,6 +36,7 @@ class Splits:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     source: str
+    rest: ImageSet | None = None  # training images left out by data.train_subset
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -103,8 +104,13 @@ def _load_splits(cfg_json: str, seed: int, root: str | None) -> Splits:
         else:
             test = val
         source = str(base)
+    rest = None
     if cfg.train_subset is not None and cfg.train_subset < len(train):
-        train = train.subset(torch.randperm(len(train), generator=gen)[: cfg.train_subset])
+        order = torch.randperm(len(train), generator=gen)
+        train, rest = (
+            train.subset(order[: cfg.train_subset]),
+            train.subset(order[cfg.train_subset :]),
+        )
     if cfg.test_subset is not None and cfg.test_subset < len(test):
         test = test.subset(torch.randperm(len(test), generator=gen)[: cfg.test_subset])
     mean, std = cfg.mean, cfg.std
@@ -112,7 +118,7 @@ def _load_splits(cfg_json: str, seed: int, root: str | None) -> Splits:
         pixels = train.images.float().div_(255).transpose(0, 1).reshape(train.images.shape[1], -1)
         mean = mean or [round(float(v), 4) for v in pixels.mean(1)]
         std = std or [round(float(v), 4) for v in pixels.std(1)]
-    return Splits(train, val, test, list(classes), tuple(mean), tuple(std), source)
+    return Splits(train, val, test, list(classes), tuple(mean), tuple(std), source, rest)
 
 
 def normalize(images: torch.Tensor, splits: Splits) -> torch.Tensor:

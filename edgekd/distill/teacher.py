@@ -1,7 +1,9 @@
-"""The frozen teacher: live forward passes, or logits cached once per training image and flip."""
+"""Frozen teachers: a PyTorch model (live, with hooked features, or with logits cached once per
+training image and mirror image) or an ONNX file run through onnxruntime (logits only)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -10,29 +12,65 @@ from torch import nn
 
 from edgekd.artifacts import atomic_path
 from edgekd.data.datasets import Batch, ImageSet, Splits, model_to_device, normalize, to_device
+from edgekd.distill.hooks import capture
+from edgekd.distill.losses import Outputs
+
+LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 class Teacher:
-    """Gives the teacher's logits for a training batch; never trains the teacher."""
+    """Gives a teacher's outputs for a training batch; never trains the teacher.
+
+    `model` is a PyTorch module, or None when `logits_fn` runs a foreign model (ONNX)."""
 
     def __init__(
-        self, model: nn.Module, device: torch.device, cached: torch.Tensor | None = None
+        self,
+        model: nn.Module | None,
+        device: torch.device,
+        cached: torch.Tensor | None = None,
+        logits_fn: LogitsFn | None = None,
+        name: str = "teacher",
     ) -> None:
-        self.model = model_to_device(model.eval(), device)
-        for param in self.model.parameters():
-            param.requires_grad_(False)
+        self.model = model_to_device(model.eval(), device) if model is not None else None
+        if self.model is not None:
+            for param in self.model.parameters():
+                param.requires_grad_(False)
         self.device = device
         self.cached = cached  # N×2×classes: logits of each image as is and mirrored
+        self.logits_fn = logits_fn
+        self.name = name
+
+    def outputs(self, batch: Batch, keys: list[str] | None = None) -> Outputs:
+        """Logits (and the features named by `keys`, which need the PyTorch model)."""
+        if keys:
+            assert self.model is not None, f"{self.name} gives logits only"
+            with torch.no_grad(), capture(self.model, keys) as features:
+                logits = self.model(to_device(batch.images, self.device))
+            return Outputs(logits, dict(features))
+        return Outputs(self.logits(batch))
 
     def logits(self, batch: Batch) -> torch.Tensor:
         if self.cached is not None:
             return self.cached[batch.index, batch.flipped.long()].to(self.device)
+        if self.logits_fn is not None:
+            return self.logits_fn(batch.images).to(self.device)
+        assert self.model is not None
         with torch.no_grad():
             return self.model(to_device(batch.images, self.device))
 
 
+def torch_logits(model: nn.Module, device: torch.device) -> LogitsFn:
+    model = model_to_device(model.eval(), device)
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(to_device(images, device)).float().cpu()
+
+    return run
+
+
 def cache_logits(
-    model: nn.Module,
+    model: nn.Module | LogitsFn | None,
     data: ImageSet,
     splits: Splits,
     device: torch.device,
@@ -40,17 +78,18 @@ def cache_logits(
     batch_size: int = 256,
 ) -> torch.Tensor:
     """Logits of every image of `data` and of its mirror image, computed once and stored at
-    `path` (safetensors; reused while the teacher and data are unchanged)."""
+    `path` (safetensors; reused while the teacher and data are unchanged). `model` is a
+    PyTorch module or a function from normalised images to logits."""
     if path.exists():
         return load_file(str(path))["logits"]
-    model = model_to_device(model.eval(), device)
+    assert model is not None, f"no cached logits at {path} and no teacher to compute them"
+    run = torch_logits(model, device) if isinstance(model, nn.Module) else model
     out = []
-    with torch.no_grad():
-        for start in range(0, len(data), batch_size):
-            images = data.images[start : start + batch_size]
-            both = torch.cat([images, images.flip(3)])
-            logits = model(to_device(normalize(both, splits), device)).cpu()
-            out.append(torch.stack(logits.chunk(2), dim=1))
+    for start in range(0, len(data), batch_size):
+        images = data.images[start : start + batch_size]
+        both = torch.cat([images, images.flip(3)])
+        logits = run(normalize(both, splits)).cpu()
+        out.append(torch.stack(logits.chunk(2), dim=1))
     logits = torch.cat(out)
     with atomic_path(path) as tmp:
         save_file({"logits": logits.contiguous()}, str(tmp))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +42,11 @@ def predict(
     return torch.cat(out)
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def _param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict[str, Any]]:
     # No weight decay on biases and norm scales (common practice since Goyal et al. 2017).
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -70,7 +72,7 @@ def fit(
     cfg: TrainConfig,
     distiller: Distiller,
     *,
-    teacher: Teacher | None,
+    teacher: Teacher | list[Teacher] | None,
     augment: AugmentConfig,
     device: torch.device,
     seed: int,
@@ -82,16 +84,21 @@ def fit(
 ) -> list[dict[str, float]]:
     """Train `model` in place; returns one record per epoch (loss terms, val accuracy).
 
-    With `checkpoint`, the state after every epoch is written there (atomically) and a run
-    killed mid-way continues from the last finished epoch when `key` matches.
+    `distiller` must be built (`Distiller.build`) when its terms read features; its trained
+    modules (connectors, peers, exits) share the student's optimizer. `teacher` is one teacher
+    or the list the distiller's multi-teacher mode reads. With `checkpoint`, the state after
+    every epoch is written there (atomically) and a run killed mid-way continues from the last
+    finished epoch when `key` matches.
     """
     console = console or Console()
+    teachers = teacher if isinstance(teacher, list) else [teacher] if teacher else []
     model_to_device(model, device).train()
+    distiller.to(device).train()
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total_steps = max(1, round(cfg.epochs * steps_per_epoch))
     epochs = math.ceil(total_steps / steps_per_epoch)
     opt = torch.optim.SGD(
-        _param_groups(model, cfg.weight_decay),
+        _param_groups([model, distiller], cfg.weight_decay),
         lr=cfg.lr,
         momentum=cfg.momentum,
         nesterov=cfg.momentum > 0,
@@ -110,6 +117,7 @@ def fit(
             ) from exc
         if state.get("key") == key:
             model.load_state_dict(state["model"])
+            distiller.load_state_dict(state["distiller"])
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             gen.set_state(state["generator"])
@@ -117,6 +125,8 @@ def fit(
             first_epoch = int(state["epoch"])
             console.print(f"  resuming {desc} after epoch {first_epoch}/{epochs}")
     step = first_epoch * steps_per_epoch
+    if first_epoch == 0:
+        _pretrain(distiller, teachers, train, splits, cfg, device, console)
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -140,9 +150,14 @@ def fit(
                 limit=steps * cfg.batch_size,
             ):
                 images = to_device(batch.images, device)
-                student = Outputs(model(images))
-                teacher_out = Outputs(teacher.logits(batch)) if teacher is not None else None
-                loss, terms = distiller(student, teacher_out, batch)
+                distiller.progress = step / total_steps
+                with distiller.tap(model) as features:
+                    student = Outputs(model(images), features)
+                teacher_out = {
+                    i: teachers[i].outputs(batch, distiller.teacher_keys(i))
+                    for i in distiller.teachers_for_step()
+                }
+                loss, terms = distiller(student, teacher_out, batch, images)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -171,6 +186,7 @@ def fit(
                             "key": key,
                             "epoch": epoch + 1,
                             "model": model.state_dict(),
+                            "distiller": distiller.state_dict(),
                             "optimizer": opt.state_dict(),
                             "scheduler": sched.state_dict(),
                             "generator": gen.get_state(),
@@ -179,3 +195,38 @@ def fit(
                         tmp,
                     )
     return history
+
+
+def _pretrain(
+    distiller: Distiller,
+    teachers: list[Teacher],
+    train: ImageSet,
+    splits: Splits,
+    cfg: TrainConfig,
+    device: torch.device,
+    console: Console,
+) -> None:
+    """Train the loss modules that must be ready first (FT's paraphraser) on the teacher's
+    features of the un-augmented training images."""
+    terms = [t for t in distiller.terms.values() if t.needs_pretraining]
+    if not terms:
+        return
+    reader = next(i for i in range(len(teachers)) if terms[0] in distiller.teacher_terms(i))
+    teacher = teachers[reader]
+    keys = distiller.teacher_keys(reader)
+    epochs = max(getattr(t.cfg, "paraphraser_epochs", 1.0) for t in terms)
+    limit = round(epochs * len(train))
+    gen = torch.Generator().manual_seed(0)
+
+    def outputs() -> Iterator[Outputs]:
+        seen = 0
+        while seen < limit:
+            for batch in batches(train, splits, cfg.batch_size, shuffle=True, generator=gen):
+                if seen >= limit:
+                    return
+                seen += len(batch.labels)
+                yield teacher.outputs(batch, keys)
+
+    done: list[str] = []
+    distiller.pretrain(outputs(), device, done)
+    console.print(f"  pre-trained {', '.join(done)} on {limit} teacher feature maps")

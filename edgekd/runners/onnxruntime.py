@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +57,24 @@ class OnnxRuntimeRunner:
             copies_included=False,
             versions={"onnxruntime": ort.__version__},
         )
+
+
+def logits_function(model: Path, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """A function from a float32 NCHW batch to the model's first output, for an ONNX teacher.
+    A model exported with a fixed batch of 1 is run image by image."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    spec = session.get_inputs()[0]
+    fixed_one = spec.shape[0] == 1
+
+    def run(images: np.ndarray) -> np.ndarray:
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        if fixed_one and len(images) != 1:
+            return np.concatenate([run(images[i : i + 1]) for i in range(len(images))])
+        return np.asarray(session.run(None, {spec.name: images})[0], dtype=np.float32)
+
+    return run

@@ -54,6 +54,7 @@ class StageContext:
     key: str
     console: Console
     metrics: dict[str, Any] = field(default_factory=dict)
+    teacher_override: Path | None = None  # TAKD: the assistant teaches in place of teacher 0
 
     def input_path(self, name: str) -> Path:
         return self.run_dir / self.inputs[name].path

@@ -8,15 +8,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgekd.artifacts import Artifact, sha256_json
+from edgekd.artifacts import Artifact, read_json, sha256_json, sha256_path
 from edgekd.config.loader import validate
-from edgekd.config.schema import AugmentConfig, CalibrationConfig, TrainConfig
-from edgekd.data.datasets import ImageSet, Splits, load_splits, sample
-from edgekd.distill.distiller import Distiller
-from edgekd.distill.teacher import Teacher, cache_logits
+from edgekd.config.schema import AugmentConfig, CalibrationConfig, ExtraTeacher, TrainConfig
+from edgekd.data.datasets import ImageSet, Splits, load_splits, normalize, sample
+from edgekd.distill.distiller import Distiller, DistillSetupError, Scheme
+from edgekd.distill.teacher import LogitsFn, Teacher, cache_logits
 from edgekd.distill.trainer import evaluate, fit
 from edgekd.models import zoo
-from edgekd.models.io import file_bytes, load_model, save_model
+from edgekd.models.io import file_bytes, load_model, load_state, read_weights, save_model
 from edgekd.models.specs import ModelSpec
 from edgekd.pipeline import Plan
 from edgekd.stages.base import StageContext
@@ -54,30 +54,120 @@ def load_input_model(ctx: StageContext, name: str) -> tuple[nn.Module, dict[str,
 
 
 def distiller(plan: Plan) -> Distiller:
-    return Distiller(plan.losses)
+    cfg = plan.config.distill
+    scheme = Scheme(
+        name=cfg.scheme,
+        dml=cfg.dml,
+        byot=cfg.byot if cfg.scheme == "byot" else None,
+        multi_teacher=cfg.multi_teacher,
+        teacher_weights=cfg.teacher_weights,
+    )
+    return Distiller(plan.losses, scheme)
 
 
-def teacher(ctx: StageContext, splits: Splits, device: torch.device) -> Teacher:
-    """The frozen teacher, with cached logits when the augmentation allows it."""
+def _load_teacher(path: Path) -> tuple[nn.Module | None, LogitsFn | None, dict[str, Any]]:
+    """A teacher folder written by the teacher stage: PyTorch weights, or an ONNX file."""
+    meta = read_json(path / "model.json")
+    if meta.get("format") == "onnx":
+        return None, onnx_logits_fn(path / "model.onnx"), meta
+    model, meta = load_model(path)
+    return model, None, meta
+
+
+def onnx_logits_fn(path: Path) -> LogitsFn:
+    """An ONNX model run through onnxruntime, as a function on normalised torch batches."""
+    from edgekd.runners.onnxruntime import logits_function
+
+    run = logits_function(path)
+    return lambda images: torch.from_numpy(run(images.float().cpu().numpy()))
+
+
+def _extra_teacher(
+    plan: Plan, spec: ExtraTeacher, splits: Splits
+) -> tuple[nn.Module | None, LogitsFn | None, str]:
+    if spec.onnx is not None:
+        path = plan.resolve(spec.onnx)
+        return None, onnx_logits_fn(path), sha256_path(path)
+    assert spec.model is not None and spec.weights is not None
+    model = build_model(ModelSpec.model_validate(spec.model), splits)
+    path = plan.resolve(spec.weights)
+    load_state(model, read_weights(path), str(path))
+    return model, None, sha256_path(path)
+
+
+def teachers(
+    ctx: StageContext, splits: Splits, device: torch.device, distill: Distiller, train: ImageSet
+) -> list[Teacher]:
+    """Teacher 0 (the teacher stage's, or `ctx.teacher_override`) and `distill.teachers`, each
+    with cached logits when no loss reads its features and the augmentation allows it."""
     plan = ctx.plan
-    model, _ = load_model(ctx.input_path("teacher"))
-    cached = None
-    if plan.config.distill.cache_teacher_logits and plan.config.data.augment.crop_pad == 0:
-        tag = sha256_json(
-            [
-                ctx.inputs["teacher"].sha256,
-                plan.config.data.model_dump(mode="json"),
-                plan.config.seed,
-            ]
-        )[:16]
-        path = ctx.run_dir / "cache" / f"teacher-logits-{tag}.safetensors"
-        if not path.exists():
-            ctx.log(
-                f"caching the teacher's logits for {len(splits.train)} images and their "
-                "mirror images"
+    cfg = plan.config.distill
+    first = ctx.teacher_override or ctx.input_path("teacher")
+    model, fn, meta = _load_teacher(first)
+    sources = [(model, fn, sha256_path(first))]
+    smoothing = [float(meta.get("label_smoothing", 0.0))]
+    for spec in cfg.teachers:
+        sources.append(_extra_teacher(plan, spec, splits))
+        smoothing.append(spec.label_smoothing)
+    distill.num_teachers = len(sources)
+    out = []
+    for i, (t_model, t_fn, digest) in enumerate(sources):
+        reads_features = bool(distill.teacher_keys(i))
+        cached = None
+        if (
+            cfg.cache_teacher_logits
+            and plan.config.data.augment.crop_pad == 0
+            and not reads_features
+        ):
+            tag = sha256_json(
+                [
+                    digest,
+                    plan.config.data.model_dump(mode="json"),
+                    plan.config.seed,
+                    len(train),
+                    cfg.unlabeled.model_dump() if cfg.unlabeled else None,
+                ]
+            )[:16]
+            path = ctx.run_dir / "cache" / f"teacher{i}-logits-{tag}.safetensors"
+            if not path.exists():
+                ctx.log(
+                    f"caching teacher {i}'s logits for {len(train)} images and their mirror images"
+                )
+            cached = cache_logits(
+                t_model if t_model is not None else t_fn, train, splits, device, path
             )
-        cached = cache_logits(model, splits.train, splits, device, path)
-    return Teacher(model, device, cached)
+        out.append(Teacher(t_model, device, cached, t_fn, name=f"teacher {i}"))
+        if smoothing[i] > 0 and any(t.kind == "response" for t in distill.teacher_terms(i)):
+            ctx.log(
+                f"warning: teacher {i} was trained with label smoothing {smoothing[i]}; it "
+                "flattens the teacher's soft targets and erases much of the dark knowledge KD "
+                "transfers (Müller et al. 2019, 'When does label smoothing help?')"
+            )
+    return out
+
+
+def training_set(plan: Plan, splits: Splits) -> ImageSet:
+    """The training split, plus the unlabeled images of `distill.unlabeled` (label -1)."""
+    cfg = plan.config.distill.unlabeled
+    if cfg is None:
+        return splits.train
+    if cfg.source == "train_rest":
+        if splits.rest is None:
+            raise plan.doc.error(
+                ("distill", "unlabeled", "source"),
+                "train_rest needs data.train_subset smaller than the training split",
+            )
+        images = splits.rest.images
+    else:
+        from edgekd.data.imagefolder import load_unlabeled
+
+        c, h, _ = splits.input_shape
+        images = torch.from_numpy(load_unlabeled(plan.resolve(cfg.source), h, c == 1, cfg.limit))
+    images = images[: cfg.limit]
+    labels = torch.full((len(images),), -1, dtype=splits.train.labels.dtype)
+    return ImageSet(
+        torch.cat([splits.train.images, images]), torch.cat([splits.train.labels, labels])
+    )
 
 
 def calibration_set(plan: Plan, value: str, splits: Splits) -> tuple[CalibrationConfig, ImageSet]:
@@ -114,8 +204,8 @@ def save_and_score(
     return ctx.artifact(artifact, directory, quantized=bool(meta.get("quantization")))
 
 
-def checkpoint(ctx: StageContext) -> Path:
-    return ctx.dir / "checkpoint.pt"
+def checkpoint(ctx: StageContext, name: str = "history") -> Path:
+    return ctx.dir / ("checkpoint.pt" if name == "history" else f"checkpoint-{name}.pt")
 
 
 def train(
@@ -127,24 +217,42 @@ def train(
     desc: str,
     distill: Distiller | None = None,
     augment: AugmentConfig | None = None,
+    fresh: bool = False,
+    history_key: str = "history",
 ) -> None:
     """Train `model` with the pipeline's KD loss (or `distill`), resumable from this stage's
-    checkpoint; the per-epoch history goes into the stage's metrics. The teacher is loaded only
-    when a loss term needs it."""
+    checkpoint; the per-epoch history goes into the stage's metrics. Teachers are loaded only
+    when a loss term needs them. `fresh`: the model is untrained (DML re-initialises peers)."""
+    plan = ctx.plan
     if distill is None:
-        distill = distiller(ctx.plan)
-    teacher_model = teacher(ctx, splits, device) if distill.needs_teacher else None
-    ctx.metrics["history"] = fit(
+        distill = distiller(plan)
+    augment = augment or plan.config.data.augment
+    data = training_set(plan, splits) if distill.needs_teacher else splits.train
+    teacher_list = teachers(ctx, splits, device, distill, data) if distill.needs_teacher else []
+    example = normalize(data.images[:2], splits).to(device)
+    try:
+        distill.build(
+            model,
+            [t.model for t in teacher_list],
+            example,
+            len(splits.classes),
+            len(data),
+            fresh_student=fresh,
+            hflip=augment.hflip,
+        )
+    except DistillSetupError as exc:
+        raise plan.doc.error(("distill", *exc.loc), str(exc)) from None
+    ctx.metrics[history_key] = fit(
         model,
-        splits.train,
+        data,
         splits,
         cfg,
         distill,
-        teacher=teacher_model,
-        augment=augment or ctx.plan.config.data.augment,
+        teacher=teacher_list,
+        augment=augment,
         device=device,
-        seed=ctx.plan.config.seed,
-        checkpoint=checkpoint(ctx),
+        seed=plan.config.seed,
+        checkpoint=checkpoint(ctx, history_key),
         key=ctx.key,
         val=splits.val,
         console=ctx.console,

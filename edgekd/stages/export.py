@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import Field
 
-from edgekd.artifacts import Artifact, write_json
+from edgekd.artifacts import Artifact, read_json, write_json
 from edgekd.config.schema import Strict
 from edgekd.errors import ParityError
 from edgekd.stages.base import STAGES, Stage, StageContext
@@ -72,6 +72,9 @@ class ExportStage(Stage):
             roles.pop("student_fp32")  # no qat/prune ran: the final model is the FP32 student
         index: list[dict[str, Any]] = []
         for role, artifact in roles.items():
+            if read_json(ctx.input_path(artifact) / "model.json").get("format") == "onnx":
+                index.append(self._copy_onnx(ctx, role, artifact, out, test_images, splits))
+                continue
             model, meta = load_model(ctx.input_path(artifact))
             precision = "int8" if meta.get("quantization") else "fp32"
             params = zoo.count_params(model)
@@ -113,3 +116,36 @@ class ExportStage(Stage):
         )
         ctx.metrics["models"] = index
         return {"onnx": ctx.artifact("onnx", out)}
+
+    def _copy_onnx(
+        self, ctx: StageContext, role: str, artifact: str, out: Any, test_images: Any, splits: Any
+    ) -> dict[str, Any]:
+        """A teacher given as ONNX is used as it is: copied, and scored with onnxruntime."""
+        import shutil
+
+        import torch
+
+        from edgekd.models.io import file_bytes
+        from edgekd.stages.context import onnx_logits_fn
+
+        path = out / f"{role}_fp32.onnx"
+        source = ctx.input_path(artifact)
+        shutil.copyfile(source / "model.onnx", path)
+        run = onnx_logits_fn(path)
+        logits = torch.cat([run(test_images[i : i + 256]) for i in range(0, len(test_images), 256)])
+        accuracy = float((logits.argmax(1) == splits.test.labels).float().mean()) * 100
+        meta = read_json(source / "model.json")
+        entry = {
+            "role": role,
+            "file": path.name,
+            "precision": "fp32",
+            "params": meta.get("params"),
+            "macs": None,
+            "bytes": file_bytes(path),
+            "test_acc": round(accuracy, 2),
+            "test_images": len(splits.test),
+            "parity": None,
+        }
+        ctx.metrics[f"{role}_fp32_test_acc"] = entry["test_acc"]
+        ctx.log(f"{path.name}: the given ONNX teacher, onnxruntime test accuracy {accuracy:.2f}%")
+        return entry

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from pydantic import Field
 
 from edgekd.artifacts import Artifact
 from edgekd.config.loader import validate
 from edgekd.config.schema import AugmentConfig, Strict, TrainConfig
+from edgekd.errors import EdgeKDError
 from edgekd.models.specs import MODEL_CONFIGS, ModelSpec
 from edgekd.stages.base import STAGES, Stage, StageContext
 
@@ -17,11 +20,25 @@ if TYPE_CHECKING:
 
 
 class TeacherConfig(Strict):
-    model: ModelSpec = Field(description="Architecture of the teacher (`arch` + its settings).")
+    model: ModelSpec | None = Field(
+        None, description="Architecture of the teacher (`arch` + its settings)."
+    )
     weights: str | None = Field(
         None,
         description="Trained weights (.safetensors, or a "
         "state_dict loaded with weights_only=True); null = train here.",
+    )
+    onnx: str | None = Field(
+        None,
+        description="A teacher from any framework as an .onnx file (NCHW float input, logits "
+        "output), run through onnxruntime; it teaches with logit losses. Replaces `model`.",
+    )
+    label_smoothing: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Label smoothing used to train the teacher here, or the one the given "
+        "weights were trained with; edgekd warns that it weakens KD when > 0.",
     )
     train: TrainConfig = Field(
         default_factory=lambda: TrainConfig(epochs=8, lr=0.2, batch_size=128),
@@ -32,9 +49,11 @@ class TeacherConfig(Strict):
     )
 
 
-def check_model_spec(plan: Plan, index: int, spec: ModelSpec) -> None:
+def check_model_spec(
+    plan: Plan, index: int, spec: ModelSpec, key: tuple[str, ...] = ("model",)
+) -> None:
     """Validate `model:` against its architecture's config, with the YAML line on error."""
-    loc = ("stages", index, "model")
+    loc: tuple[str | int, ...] = ("stages", index, *key)
     try:
         config = MODEL_CONFIGS.get(spec.arch)
     except Exception as exc:
@@ -49,6 +68,18 @@ class TeacherStage(Stage):
     uses = ("seed", "device", "data")
 
     def check(self, cfg: Any, plan: Plan, index: int) -> None:
+        if (cfg.model is None) == (cfg.onnx is None):
+            raise plan.doc.error(
+                ("stages", index), "a teacher needs either `model:` (PyTorch) or `onnx:` (a file)"
+            )
+        if cfg.onnx is not None:
+            if not plan.resolve(cfg.onnx).exists():
+                raise plan.doc.error(
+                    ("stages", index, "onnx"),
+                    f"ONNX teacher {cfg.onnx!r} not found (looked in the working directory and "
+                    f"{plan.path.parent})",
+                )
+            return
         check_model_spec(plan, index, cfg.model)
         if cfg.weights is not None and not plan.resolve(cfg.weights).exists():
             raise plan.doc.error(
@@ -65,6 +96,9 @@ class TeacherStage(Stage):
         from edgekd.stages import context
 
         device, splits = context.prepare(ctx.plan)
+        if cfg.onnx is not None:
+            return {"teacher": self._onnx_teacher(ctx, cfg, splits)}
+        assert cfg.model is not None
         model = context.build_model(cfg.model, splits)
         if cfg.weights is not None:
             path = ctx.plan.resolve(cfg.weights)
@@ -72,7 +106,7 @@ class TeacherStage(Stage):
             ctx.log(f"loaded {path}")
             ctx.metrics["weights"] = str(path)
         else:
-            ce_only = Distiller([("ce", 1.0, CEConfig())])
+            ce_only = Distiller([("ce", 1.0, CEConfig(label_smoothing=cfg.label_smoothing))])
             context.train(
                 ctx,
                 model,
@@ -88,9 +122,60 @@ class TeacherStage(Stage):
             cfg.model,
             splits,
             trained_by="edgekd teacher stage" if cfg.weights is None else f"weights {cfg.weights}",
+            label_smoothing=cfg.label_smoothing,
         )
         artifact = context.save_and_score(ctx, "teacher", model, meta, splits, device)
         ctx.log(
             f"teacher test accuracy {ctx.metrics['test_acc']:.2f}% on {len(splits.test)} images"
         )
         return {"teacher": artifact}
+
+    def _onnx_teacher(self, ctx: StageContext, cfg: TeacherConfig, splits: Any) -> Artifact:
+        """Copy the ONNX teacher into the run, check it on the test split, record its meta."""
+        import shutil
+
+        import onnx
+        import torch
+
+        from edgekd.artifacts import atomic_path
+        from edgekd.data.datasets import normalize
+        from edgekd.models.io import file_bytes
+        from edgekd.stages import context
+
+        assert cfg.onnx is not None
+        source = ctx.plan.resolve(cfg.onnx)
+        directory = ctx.dir / "teacher"
+        graph = onnx.load(str(source), load_external_data=False).graph
+        params = sum(int(np.prod(init.dims)) for init in graph.initializer)
+        meta = {
+            "format": "onnx",
+            "source": str(source),
+            "in_channels": splits.input_shape[0],
+            "num_classes": len(splits.classes),
+            "input_shape": list(splits.input_shape),
+            "classes": splits.classes,
+            "preprocessing": splits.preprocessing(),
+            "label_smoothing": cfg.label_smoothing,
+            "params": params,
+        }
+        with atomic_path(directory) as tmp:
+            tmp.mkdir()
+            shutil.copyfile(source, tmp / "model.onnx")
+            (tmp / "model.json").write_text(json.dumps(meta, indent=2))
+        run = context.onnx_logits_fn(directory / "model.onnx")
+        test = normalize(splits.test.images, splits)
+        logits = torch.cat([run(test[i : i + 256]) for i in range(0, len(test), 256)])
+        if logits.ndim != 2 or logits.shape[1] != len(splits.classes):
+            raise EdgeKDError(
+                f"{source}: the ONNX teacher outputs shape {tuple(logits.shape)}, expected "
+                f"N×{len(splits.classes)} logits for the data set's classes"
+            )
+        accuracy = float((logits.argmax(1) == splits.test.labels).float().mean()) * 100
+        ctx.metrics.update(
+            test_acc=round(accuracy, 2),
+            params=params,
+            bytes=file_bytes(directory / "model.onnx"),
+            onnx=str(source),
+        )
+        ctx.log(f"ONNX teacher {source.name}: test accuracy {accuracy:.2f}% (onnxruntime)")
+        return ctx.artifact("teacher", directory)

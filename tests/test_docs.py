@@ -1,0 +1,34 @@
+"""The YAML snippets in docs/distillation.md are valid configs (the docs stay true)."""
+
+import re
+import textwrap
+
+import pytest
+import yaml
+
+from edgekd.config.schema import DistillConfig
+from edgekd.distill.specs import LOSS_CONFIGS
+from edgekd.stages import STAGES
+from tests.conftest import ROOT
+
+DOC = ROOT / "docs" / "distillation.md"
+BLOCKS = re.findall(r"```yaml\n(.*?)```", DOC.read_text(), flags=re.S)
+
+
+def test_the_guide_has_snippets():
+    assert len(BLOCKS) >= 8
+
+
+@pytest.mark.parametrize("text", BLOCKS, ids=range(len(BLOCKS)))
+def test_every_snippet_validates(text):
+    doc = yaml.safe_load(textwrap.dedent(text)) or {}
+    if isinstance(doc, dict) and "distill" in doc:
+        cfg = DistillConfig.model_validate(doc["distill"])
+        for term in cfg.losses:
+            LOSS_CONFIGS.get(term.name).model_validate(term.model_extra or {})
+    elif isinstance(doc, list):
+        for stage in doc:
+            params = dict(stage)
+            STAGES.get(params.pop("stage")).Config.model_validate(params)
+    else:
+        pytest.fail(f"snippet is neither a distill section nor a stage list:\n{text}")
