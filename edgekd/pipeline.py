@@ -80,8 +80,6 @@ def load_plan(path: str | Path) -> Plan:
         params = dict(term.model_extra or {})
         plan.losses.append((term.name, term.weight, validate(loss_config, params, doc, loc)))
 
-    check_distill(plan)
-
     produced: set[str] = set()
     for i, raw in enumerate(config.stages):
         stage_loc: tuple[str, int] = ("stages", i)
@@ -117,6 +115,7 @@ def load_plan(path: str | Path) -> Plan:
         target_doc = load_yaml(target_path)
         plan.targets.append(validate(TargetProfile, target_doc.data, target_doc))
 
+    check_distill(plan)
     for spec in plan.stages:
         spec.stage.check(spec.cfg, plan, spec.index)
     return plan
@@ -149,12 +148,70 @@ def check_distill(plan: Plan) -> None:
                     (*loc, key),
                     f"{value!r} not found (looked in {Path.cwd()} and {plan.path.parent})",
                 )
-    if cfg.teacher_weights is not None and len(cfg.teacher_weights) != 1 + len(cfg.teachers):
+    count = 1 + len(cfg.teachers)
+    if cfg.teacher_weights is not None:
+        loc = ("distill", "teacher_weights")
+        if len(cfg.teacher_weights) != count:
+            raise doc.error(
+                loc,
+                f"{len(cfg.teacher_weights)} weights for {count} teachers "
+                "(the teacher stage's, then distill.teachers)",
+            )
+        if min(cfg.teacher_weights) < 0 or sum(cfg.teacher_weights) <= 0:
+            raise doc.error(loc, "weights must be ≥ 0 with a positive sum")
+        if cfg.multi_teacher != "average":
+            raise doc.error(
+                loc, f"weights apply to multi_teacher: average, not {cfg.multi_teacher}"
+            )
+    if cfg.multi_teacher == "split" and count != 2:
         raise doc.error(
-            ("distill", "teacher_weights"),
-            f"{len(cfg.teacher_weights)} weights for {1 + len(cfg.teachers)} teachers "
-            "(the teacher stage's, then distill.teachers)",
+            ("distill", "multi_teacher"),
+            f"split needs exactly two teachers (the teacher stage's for logits, one in "
+            f"distill.teachers for features); there are {count}",
         )
+    kinds = [(i, name, getattr(term, "kind", "")) for i, (name, _, term) in enumerate(plan.losses)]
+    reads_teacher = [k for k in kinds if k[2] != "labels"]
+    reads_features = [k for k in kinds if k[2] in ("feature", "relation")]
+    if cfg.unlabeled is not None and not reads_teacher:
+        raise doc.error(
+            ("distill", "unlabeled"),
+            "unlabeled images are taught by the teacher's soft targets: add a loss that reads "
+            "the teacher (kd, dkd, ...)",
+        )
+    teacher_stage = next((s.cfg for s in plan.stages if s.name == "teacher"), None)
+    onnx = [getattr(teacher_stage, "onnx", None) is not None] + [
+        t.onnx is not None for t in cfg.teachers
+    ]
+    feature_teachers = [1] if cfg.multi_teacher == "split" else list(range(count))
+    for i in feature_teachers:
+        if onnx[i] and reads_features:
+            j, name, _ = reads_features[0]
+            where = "the teacher stage's teacher" if i == 0 else f"distill.teachers[{i - 1}]"
+            raise doc.error(
+                ("distill", "losses", j),
+                f"{name} reads features, but teacher {i} ({where}) is an ONNX model that gives "
+                "logits only; use a PyTorch teacher, or multi_teacher: split with a PyTorch "
+                "teacher 1",
+            )
+    crd = [k for k in kinds if k[1] == "crd"]
+    if crd and count > 1 and cfg.multi_teacher != "split":
+        raise doc.error(
+            ("distill", "losses", crd[0][0]),
+            "crd keeps one memory bank of one teacher's embeddings; with several teachers use "
+            "multi_teacher: split (teacher 1 teaches crd)",
+        )
+
+
+def unlabeled_digest(plan: Plan) -> str | None:
+    """Identity of the `distill.unlabeled` images: each file's path, size and mtime."""
+    cfg = plan.config.distill.unlabeled
+    if cfg is None or cfg.source == "train_rest":
+        return None
+    folder = plan.resolve(cfg.source)
+    files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+    return sha256_json(
+        [[str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    )
 
 
 def stage_key(plan: Plan, spec: StageSpec, inputs: dict[str, Artifact]) -> str:
@@ -170,6 +227,7 @@ def stage_key(plan: Plan, spec: StageSpec, inputs: dict[str, Artifact]) -> str:
             for value in (t.weights, t.onnx)
             if value is not None
         ]
+        uses["unlabeled_files"] = unlabeled_digest(plan)
     return sha256_json(
         {
             "stage": spec.name,

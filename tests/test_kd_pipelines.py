@@ -236,3 +236,79 @@ def test_distill_settings_are_checked_before_anything_runs(write_yaml, snippet, 
     with pytest.raises(ConfigError) as err:
         load_plan(path)
     assert f": {where}:" in str(err.value) and why in str(err.value)
+
+
+ONNX_STAGE = "\n  - stage: teacher\n    onnx: teacher.onnx\n"
+ASSISTANT = STUDENT + "    assistant: {model: {arch: tiny_cnn}}\n"
+EXTRA = f"{{model: {json.dumps(TEACHER_SPEC)}, weights: {TEACHER_WEIGHTS}}}"
+
+
+@pytest.mark.parametrize(
+    ("losses", "extra", "teacher", "student", "where", "why"),
+    [
+        (
+            f"[{{name: at, pairs: [{MID}]}}]",
+            "",
+            ONNX_STAGE,
+            STUDENT,
+            "distill.losses[0]",
+            "teacher 0 (the teacher stage's teacher) is an ONNX model",
+        ),
+        (
+            "[{name: kd}, {name: rkd}]",
+            "",
+            TEACHER,
+            ASSISTANT,
+            "distill.losses[1]",
+            "Use logit losses with `assistant:`",
+        ),
+        (
+            "[{name: ce}, {name: tf_kd}]",
+            "  unlabeled: {source: train_rest}\n",
+            TEACHER,
+            STUDENT,
+            "distill.unlabeled",
+            "add a loss that reads the teacher",
+        ),
+        (
+            "[{name: kd}, {name: crd}]",
+            f"  teachers: [{EXTRA}]\n",
+            TEACHER,
+            STUDENT,
+            "distill.losses[1]",
+            "use multi_teacher: split",
+        ),
+        (
+            "[{name: kd}]",
+            f"  teachers: [{EXTRA}, {EXTRA}]\n  multi_teacher: split\n",
+            TEACHER,
+            STUDENT,
+            "distill.multi_teacher",
+            "exactly two teachers",
+        ),
+        (
+            "[{name: kd}]",
+            f"  teachers: [{EXTRA}]\n  teacher_weights: [1, -1]\n",
+            TEACHER,
+            STUDENT,
+            "distill.teacher_weights",
+            "≥ 0 with a positive sum",
+        ),
+        (
+            "[{name: kd}]",
+            f"  teachers: [{EXTRA}]\n  multi_teacher: random\n  teacher_weights: [1, 1]\n",
+            TEACHER,
+            STUDENT,
+            "distill.teacher_weights",
+            "apply to multi_teacher: average",
+        ),
+    ],
+)
+def test_teacher_arrangements_that_cannot_work_are_refused_on_load(
+    write_yaml, losses, extra, teacher, student, where, why
+):
+    distill = f"distill:\n  losses: {losses}\n{extra}"
+    path = write_yaml("name: kd_bad\n" + HEAD + distill + "stages:" + teacher + student)
+    with pytest.raises(ConfigError) as err:
+        load_plan(path)
+    assert f": {where}:" in str(err.value) and why in str(err.value)

@@ -108,6 +108,12 @@ class Distiller(nn.Module):
             keys |= {*self.scheme.byot.exits, EMBEDDING}
         return sorted(keys)
 
+    def get_extra_state(self) -> dict[str, torch.Tensor]:
+        return {"choice": self._choice.get_state()}  # random mode resumes with the same draws
+
+    def set_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        self._choice.set_state(state["choice"])
+
     def teachers_for_step(self) -> list[int]:
         """Which teachers this step reads (random mode draws one per batch)."""
         if not self.needs_teacher:
@@ -128,25 +134,38 @@ class Distiller(nn.Module):
         num_data: int,
         fresh_student: bool = False,
         hflip: bool = False,
+        labels: torch.Tensor | None = None,
     ) -> None:
         """Resolve every hooked path, probe feature shapes with one forward of `example`, and
         build connectors, exits and peers. `teachers[i]` is None for a logits-only teacher.
         DML peers are re-initialised copies of a `fresh_student`; copies of a trained one see
-        their own random mirror images (when `hflip` is allowed) so that they differ."""
+        their own random mirror images (when `hflip` is allowed) so that they differ. `labels`
+        are the training set's (CRD draws negatives from other classes)."""
         self.num_teachers = max(1, len(teachers))
-        if self.scheme.multi_teacher == "split" and len(teachers) < 2:
+        if self.scheme.multi_teacher == "split" and len(teachers) != 2:
             raise DistillSetupError(
-                ("multi_teacher",), "split needs two teachers: add one under `distill.teachers`"
+                ("multi_teacher",),
+                f"split needs exactly two teachers (teacher 0 for logits, teacher 1 for "
+                f"features); there are {len(teachers)}",
             )
+        for i, (name, term) in enumerate(self.losses.items()):
+            readers = [j for j in range(self.num_teachers) if term in self.teacher_terms(j)]
+            if name == "crd" and len(readers) > 1:
+                raise DistillSetupError(
+                    ("losses", i),
+                    "crd keeps one memory bank of one teacher's embeddings; with several "
+                    "teachers use multi_teacher: split (teacher 1 teaches crd)",
+                )
         s_shapes = self._probe(student, self.student_keys(), example, "student")
         t_shapes: dict[str, torch.Size] = {}
         for i, teacher in enumerate(teachers):
             keys = self.teacher_keys(i)
             if keys and teacher is None:
+                where = "the teacher stage's teacher" if i == 0 else f"distill.teachers[{i - 1}]"
                 raise DistillSetupError(
-                    ("teachers", i),
-                    f"teacher {i} is an ONNX model and gives logits only; the feature losses "
-                    f"({', '.join(self._names_reading(i))}) need a PyTorch teacher",
+                    ("teachers", i - 1) if i else ("losses",),
+                    f"teacher {i} ({where}) is an ONNX model and gives logits only; "
+                    f"{', '.join(self._feature_terms(i))} need a PyTorch teacher",
                 )
             if keys and teacher is not None:
                 found = self._probe(teacher, keys, example, f"teacher {i}")
@@ -158,7 +177,7 @@ class Distiller(nn.Module):
                             f"{tuple(t_shapes[key])} in another; use multi_teacher: split",
                         )
                     t_shapes[key] = shape
-        info = Shapes(s_shapes, t_shapes, num_classes, num_data)
+        info = Shapes(s_shapes, t_shapes, num_classes, num_data, labels)
         for i, (name, term) in enumerate(self.losses.items()):
             try:
                 term.setup(info)
@@ -179,8 +198,9 @@ class Distiller(nn.Module):
             self.peers.extend(self._make_peers(student, fresh_student))
             self.peer_flips = hflip and not fresh_student
 
-    def _names_reading(self, teacher: int) -> list[str]:
-        return [n for n, t in self.losses.items() if t in self.teacher_terms(teacher)]
+    def _feature_terms(self, teacher: int) -> list[str]:
+        reading = self.teacher_terms(teacher)
+        return [n for n, t in self.losses.items() if t in reading and t.teacher_keys()]
 
     def _probe(
         self, model: nn.Module, keys: list[str], example: torch.Tensor, who: str

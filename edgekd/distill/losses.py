@@ -37,6 +37,7 @@ class Shapes:
     teacher: dict[str, torch.Size]
     num_classes: int
     num_data: int
+    labels: torch.Tensor | None = None  # of the training set (-1: unlabeled), for CRD
 
 
 class ShapeError(ValueError):
@@ -249,10 +250,12 @@ class FactorTransfer(Loss):
             c_s, c_t = shapes.student[s], shapes.teacher[t]
             if len(c_s) != 4 or len(c_t) != 4:
                 raise ShapeError(i, "ft pairs feature maps (N×C×H×W) on both models")
-            factor = max(1, round(c_t[1] * self.cfg.rate))
-            encoders.append(nn.Sequential(*_conv_bn(c_t[1], c_t[1]), *_conv_bn(c_t[1], factor)))
-            decoders.append(nn.Sequential(*_conv_bn(factor, c_t[1]), *_conv_bn(c_t[1], c_t[1])))
-            translators.append(nn.Sequential(*_conv_bn(c_s[1], c_s[1]), *_conv_bn(c_s[1], factor)))
+            c, f = c_t[1], max(1, round(c_t[1] * self.cfg.rate))
+            encoders.append(nn.Sequential(*_conv_bn(c, c), *_conv_bn(c, f), *_conv_bn(f, f)))
+            decoders.append(nn.Sequential(*_conv_bn(f, f), *_conv_bn(f, c), *_conv_bn(c, c)))
+            translators.append(
+                nn.Sequential(*_conv_bn(c_s[1], c_s[1]), *_conv_bn(c_s[1], f), *_conv_bn(f, f))
+            )
         self.encoders = nn.ModuleList(encoders)
         self.decoders = nn.ModuleList(decoders)
         self.translators = nn.ModuleList(translators)
@@ -347,9 +350,9 @@ class _Embed(nn.Module):
 @LOSSES.register("crd")
 class CRD(Loss):
     """Tian et al. 2020: student and teacher embeddings, one memory bank of each over the whole
-    training set; the student's anchor is contrasted with the teacher memory and vice versa,
-    with `negatives` uniformly drawn other images. Z is estimated on the first batch and kept
-    (as in the authors' code)."""
+    training set; the student's anchor is contrasted with the teacher memory and vice versa.
+    Negatives are other images drawn uniformly, from other classes when the anchor has a label
+    (the authors' "exact" mode). Z is estimated on the first batch and kept (authors' code)."""
 
     embed_s: _Embed
     embed_t: _Embed
@@ -366,6 +369,7 @@ class CRD(Loss):
         self.embed_s = _Embed(int(torch.Size(s_shape[1:]).numel()), dim)
         self.embed_t = _Embed(int(torch.Size(t_shape[1:]).numel()), dim)
         self.num_data = shapes.num_data
+        self.labels = shapes.labels
         std = 1.0 / (dim / 3) ** 0.5
         gen = torch.Generator().manual_seed(0)
         for name in ("memory_s", "memory_t"):
@@ -374,18 +378,41 @@ class CRD(Loss):
         self.register_buffer("z", torch.zeros(2))
         self.sampler = torch.Generator().manual_seed(1)
 
+    def get_extra_state(self) -> dict[str, torch.Tensor]:
+        return {"sampler": self.sampler.get_state()}
+
+    def set_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.sampler.set_state(state["sampler"])
+
+    def negatives(self, index: torch.Tensor) -> torch.Tensor:
+        """len(index)×K indices of other images; same-class draws are redrawn (up to 20 times,
+        which leaves about 1e-20 of them with 10 balanced classes)."""
+        k = min(self.cfg.negatives, self.num_data - 1)
+        # Uniform over the N-1 other images: draw from N-1 and skip the anchor's own position.
+        neg = torch.randint(0, self.num_data - 1, (len(index), k), generator=self.sampler)
+        neg = neg + (neg >= index[:, None]).long()
+        if self.labels is None:
+            return neg
+        anchor = self.labels[index][:, None]
+        for _ in range(20):
+            clash = (self.labels[neg] == anchor) & (anchor >= 0)
+            if not bool(clash.any()):
+                break
+            redraw = torch.randint(
+                0, self.num_data - 1, (int(clash.sum()),), generator=self.sampler
+            )
+            rows = clash.nonzero()[:, 0]
+            neg[clash] = redraw + (redraw >= index[rows]).long()
+        return neg
+
     def forward(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> torch.Tensor:
         assert teacher is not None
         ((s, t),) = self.features(student, teacher)
         v_s, v_t = self.embed_s(s), self.embed_t(t.detach())
         device = v_s.device
-        index = batch.index.to(device)
-        k = min(self.cfg.negatives, self.num_data - 1)
-        # Uniform negatives that exclude the anchor's own image: draw from N-1, skip the anchor.
-        neg = torch.randint(0, self.num_data - 1, (len(index), k), generator=self.sampler)
-        neg = neg.to(device)
-        neg = neg + (neg >= index[:, None]).long()
-        idx = torch.cat([index[:, None], neg], dim=1)
+        index = batch.index.cpu()
+        idx = torch.cat([index[:, None], self.negatives(index)], dim=1).to(device)
+        index = index.to(device)
         tau = self.cfg.nce_temperature
         # The student anchor against the teacher memory, the teacher anchor against the student's.
         out_s = torch.exp(torch.bmm(self.memory_t[idx].detach(), v_s[:, :, None]).squeeze(2) / tau)

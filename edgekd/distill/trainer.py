@@ -121,6 +121,10 @@ def fit(
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             gen.set_state(state["generator"])
+            if "torch_rng" in state:  # dropout masks continue where they were
+                torch.set_rng_state(state["torch_rng"])
+            if "cuda_rng" in state and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
             history = state["history"]
             first_epoch = int(state["epoch"])
             console.print(f"  resuming {desc} after epoch {first_epoch}/{epochs}")
@@ -190,6 +194,12 @@ def fit(
                             "optimizer": opt.state_dict(),
                             "scheduler": sched.state_dict(),
                             "generator": gen.get_state(),
+                            "torch_rng": torch.get_rng_state(),
+                            **(
+                                {"cuda_rng": torch.cuda.get_rng_state_all()}
+                                if torch.cuda.is_available()
+                                else {}
+                            ),
                             "history": history,
                         },
                         tmp,

@@ -11,14 +11,21 @@ from torch import nn
 from edgekd.artifacts import Artifact, read_json, sha256_json, sha256_path
 from edgekd.config.loader import validate
 from edgekd.config.schema import AugmentConfig, CalibrationConfig, ExtraTeacher, TrainConfig
-from edgekd.data.datasets import ImageSet, Splits, load_splits, normalize, sample
+from edgekd.data.datasets import (
+    ImageSet,
+    Splits,
+    load_splits,
+    model_to_device,
+    normalize,
+    sample,
+)
 from edgekd.distill.distiller import Distiller, DistillSetupError, Scheme
 from edgekd.distill.teacher import LogitsFn, Teacher, cache_logits
 from edgekd.distill.trainer import evaluate, fit
 from edgekd.models import zoo
 from edgekd.models.io import file_bytes, load_model, load_state, read_weights, save_model
 from edgekd.models.specs import ModelSpec
-from edgekd.pipeline import Plan
+from edgekd.pipeline import Plan, unlabeled_digest
 from edgekd.stages.base import StageContext
 
 
@@ -92,7 +99,7 @@ def _extra_teacher(
     model = build_model(ModelSpec.model_validate(spec.model), splits)
     path = plan.resolve(spec.weights)
     load_state(model, read_weights(path), str(path))
-    return model, None, sha256_path(path)
+    return model, None, sha256_json([sha256_path(path), spec.model])
 
 
 def teachers(
@@ -122,6 +129,7 @@ def teachers(
             tag = sha256_json(
                 [
                     digest,
+                    unlabeled_digest(plan),
                     plan.config.data.model_dump(mode="json"),
                     plan.config.seed,
                     len(train),
@@ -230,6 +238,7 @@ def train(
     data = training_set(plan, splits) if distill.needs_teacher else splits.train
     teacher_list = teachers(ctx, splits, device, distill, data) if distill.needs_teacher else []
     example = normalize(data.images[:2], splits).to(device)
+    model_to_device(model, device)
     try:
         distill.build(
             model,
@@ -239,6 +248,7 @@ def train(
             len(data),
             fresh_student=fresh,
             hflip=augment.hflip,
+            labels=data.labels,
         )
     except DistillSetupError as exc:
         raise plan.doc.error(("distill", *exc.loc), str(exc)) from None

@@ -50,6 +50,14 @@ class StudentStage(Stage):
         check_model_spec(plan, index, cfg.model)
         if cfg.assistant is not None:
             check_model_spec(plan, index, cfg.assistant.model, ("assistant", "model"))
+            for i, (name, _, term) in enumerate(plan.losses):
+                if getattr(term, "kind", "") in ("feature", "relation"):
+                    raise plan.doc.error(
+                        ("distill", "losses", i),
+                        f"{name} pairs layers of the teacher and the student by name; with an "
+                        "assistant the layer names of the teacher do not apply to it. Use logit "
+                        "losses with `assistant:`",
+                    )
 
     def run(self, ctx: StageContext, cfg: StudentConfig) -> dict[str, Artifact]:
         from edgekd.stages import context

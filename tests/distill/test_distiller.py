@@ -126,7 +126,7 @@ def test_split_mode_gives_logits_to_teacher_0_and_features_to_teacher_1():
     assert d.teacher_keys(0) == [] and d.teacher_keys(1) == ["0.5"]
     # The connector was sized for teacher 1 (24 channels), not teacher 0 (16).
     assert d.losses["fitnet"].connectors[0][0].out_channels == 24
-    with pytest.raises(DistillSetupError, match="split needs two teachers"):
+    with pytest.raises(DistillSetupError, match="split needs exactly two teachers"):
         built(terms, s, [t1], Scheme(multi_teacher="split"))
 
 
@@ -289,3 +289,40 @@ def test_checkpointed_distiller_state_round_trips():
     other.load_state_dict(d.state_dict())
     for a, b in zip(d.parameters(), other.parameters(), strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_crd_negatives_come_from_other_classes_and_never_the_anchor():
+    s, t = tiny(), tiny((12, 24), seed=5)
+    labels = torch.arange(200) % 10
+    d = Distiller([term("crd", negatives=64, feat_dim=8)])
+    d.build(s, [t], X[:2], 10, 200, labels=labels)
+    index = torch.tensor([0, 5, 17, 199])
+    neg = d.losses["crd"].negatives(index)
+    assert neg.shape == (4, 64)
+    assert not bool((labels[neg] == labels[index][:, None]).any())
+    assert not bool((neg == index[:, None]).any()) and int(neg.max()) < 200
+
+
+def test_random_draws_and_crd_sampling_resume_exactly_from_a_checkpoint():
+    s, t1, t2 = tiny(), tiny(seed=1), tiny((12, 24), seed=2)
+    pairs = [pair("1.2", "1.2", "input")]
+
+    def make():
+        d = Distiller([term("kd")], Scheme(multi_teacher="random"))
+        d.build(s, [t1, t2], X[:2], 10, 50)
+        c = Distiller([term("crd", negatives=8, feat_dim=8, pairs=pairs)])
+        c.build(s, [t1], X[:2], 10, 50, labels=torch.arange(50) % 10)
+        return d, c
+
+    d, c = make()
+    for _ in range(3):
+        d.teachers_for_step()
+        c.losses["crd"].negatives(torch.tensor([1, 2]))
+    state_d, state_c = copy.deepcopy(d.state_dict()), copy.deepcopy(c.state_dict())
+    expected = [d.teachers_for_step() for _ in range(10)]
+    expected_neg = c.losses["crd"].negatives(torch.tensor([1, 2]))
+    d2, c2 = make()
+    d2.load_state_dict(state_d)
+    c2.load_state_dict(state_c)
+    assert [d2.teachers_for_step() for _ in range(10)] == expected
+    assert torch.equal(c2.losses["crd"].negatives(torch.tensor([1, 2])), expected_neg)
