@@ -179,7 +179,22 @@ distill:
 """
     teacher = f"\n  - stage: teacher\n    onnx: {path}\n"
     export = "\n  - stage: export\n    parity_images: 100\n"
-    text = "name: kd_onnx\n" + HEAD + distill + "stages:" + teacher + STUDENT + QAT + export
+    bench = "  - stage: bench\n    warmup: 2\n    iterations: 10\n    min_seconds: 0\n"
+    report = "  - stage: report\n"
+    targets = "targets: [targets/cpu-x86.yaml]\n"
+    text = (
+        "name: kd_onnx\n"
+        + HEAD
+        + targets
+        + distill
+        + "stages:"
+        + teacher
+        + STUDENT
+        + QAT
+        + export
+        + bench
+        + report
+    )
     run_dir = run_yaml(write_yaml, text, tmp_path / "runs")
     splits = load_splits(DataConfig(val_size=200, train_subset=600, test_subset=300), seed=0)
     expected = round(evaluate(torch_teacher, splits.test, splits, torch.device("cpu")), 2)
@@ -191,6 +206,10 @@ distill:
     teacher_row = next(m for m in models if m["role"] == "teacher")
     assert teacher_row["test_acc"] == pytest.approx(expected, abs=0.34)
     assert (run_dir / "03_export" / "onnx" / "teacher_fp32.onnx").read_bytes() == path.read_bytes()
+    # The given ONNX teacher is measured and reported like any other (MACs unknown: "–").
+    summary = json.loads((run_dir / "report.json").read_text())["summary"]
+    assert summary["teacher"]["macs"] is None and summary["teacher"]["best"]["median_ms"] > 0
+    assert "| teacher | fp32 |" in (run_dir / "report.md").read_text()
 
 
 def test_a_wrong_layer_name_is_a_config_error_with_the_line(write_yaml, tmp_path):

@@ -25,7 +25,7 @@ def summary_table(summary: dict[str, Any]) -> list[str]:
         )
         lines.append(
             f"| {label} | {row['precision']} | {row['test_acc']:.2f} | "
-            f"{row['params']:,} | {row['macs']:,} | {row['bytes']:,} | "
+            f"{_fmt(row['params'], ',')} | {_fmt(row['macs'], ',')} | {row['bytes']:,} | "
             f"{_fmt(row['onnxruntime_median_ms'], '.3f')} | {best_text} |"
         )
     return lines
@@ -76,10 +76,11 @@ def render(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for m in report["models"]:
+        parity = m["parity"] or {}  # none for a teacher given as ONNX: it is its own reference
         lines.append(
             f"| {m['role']} | {m['file']} | {m['precision']} | {m['test_acc']:.2f} | "
-            f"{m['bytes']:,} | {m['parity']['max_abs_diff']:.2e} | "
-            f"{m['parity']['top1_agreement']:.2f} |"
+            f"{m['bytes']:,} | {_fmt(parity.get('max_abs_diff'), '.2e')} | "
+            f"{_fmt(parity.get('top1_agreement'), '.2f')} |"
         )
     lines += [
         "",
