@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from edgekd.runners.base import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_DEFAULT = ROOT / "benchmarks" / "kd_methods.yaml"
@@ -227,7 +228,7 @@ def render(
     lines = [
         "# Distillation methods on Fashion-MNIST",
         "",
-        f"Measured by `python benchmarks/kd_methods.py --seeds 0 1 2 --sweep` on {_cpu()} "
+        f"Measured by `python benchmarks/kd_methods.py --seeds 0 1 2 --sweep` on {cpu_name()} "
         f"({_cores()} cores, no GPU), seeds {', '.join(map(str, seeds))}. Every row is "
         "`edgekd run` of `benchmarks/kd_methods.yaml` with only its `distill:` section changed.",
         "",
@@ -347,16 +348,6 @@ def _onnx_note(by_method: dict[str, list[dict[str, Any]]], gap: float | None) ->
         "sends SGD down another path, as another seed would.",
         "",
     ]
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "x86-64 CPU"
 
 
 def _cores() -> int:
