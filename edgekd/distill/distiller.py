@@ -239,13 +239,12 @@ class Distiller(nn.Module):
 
     # --- pre-training of loss modules ------------------------------------------------------
 
-    def pretrain(
-        self, teacher_outputs: Iterable[Outputs], device: torch.device, log: list[str]
-    ) -> None:
-        for name, term in self.losses.items():
-            if term.needs_pretraining:
-                term.pretrain(teacher_outputs, device)
-                log.append(name)
+    def pretrain(self, teacher_outputs: Iterable[Outputs], device: torch.device) -> list[str]:
+        """Pre-train the terms that need it; returns their names."""
+        names = [name for name, term in self.losses.items() if term.needs_pretraining]
+        for name in names:
+            self.losses[name].pretrain(teacher_outputs, device)
+        return names
 
     # --- the loss --------------------------------------------------------------------------
 

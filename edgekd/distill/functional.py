@@ -228,6 +228,5 @@ def tf_kd_reg_loss(
     k = student_logits.shape[1]
     virtual = torch.full_like(student_logits, (1 - correct_prob) / (k - 1))
     virtual.scatter_(1, labels[:, None], correct_prob)
-    p_teacher = F.softmax(virtual / temperature, dim=1)
-    log_p_student = F.log_softmax(student_logits / temperature, dim=1)
-    return F.kl_div(log_p_student, p_teacher, reduction="batchmean")
+    # KD towards the virtual distribution as if it were logits, without KD's T² factor.
+    return kd_loss(student_logits, virtual, temperature) / temperature**2

@@ -218,7 +218,7 @@ def _pretrain(
 ) -> None:
     """Train the loss modules that must be ready first (FT's paraphraser) on the teacher's
     features of the un-augmented training images."""
-    terms = [t for t in distiller.terms.values() if t.needs_pretraining]
+    terms = [t for t in distiller.losses.values() if t.needs_pretraining]
     if not terms:
         return
     reader = next(i for i in range(len(teachers)) if terms[0] in distiller.teacher_terms(i))
@@ -237,6 +237,5 @@ def _pretrain(
                 seen += len(batch.labels)
                 yield teacher.outputs(batch, keys)
 
-    done: list[str] = []
-    distiller.pretrain(outputs(), device, done)
+    done = distiller.pretrain(outputs(), device)
     console.print(f"  pre-trained {', '.join(done)} on {limit} teacher feature maps")

@@ -89,6 +89,12 @@ def onnx_logits_fn(path: Path) -> LogitsFn:
     return lambda images: torch.from_numpy(run(images.float().cpu().numpy()))
 
 
+def onnx_predict(path: Path, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Logits of normalised `images` from an ONNX model, in batches."""
+    run = onnx_logits_fn(path)
+    return torch.cat([run(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
 def _extra_teacher(
     plan: Plan, spec: ExtraTeacher, splits: Splits
 ) -> tuple[nn.Module | None, LogitsFn | None, str]:
@@ -117,6 +123,14 @@ def teachers(
         sources.append(_extra_teacher(plan, spec, splits))
         smoothing.append(spec.label_smoothing)
     distill.num_teachers = len(sources)
+    # What the cached logits depend on besides the teacher (the unlabeled folder walked once).
+    data_key = [
+        unlabeled_digest(plan),
+        plan.config.data.model_dump(mode="json"),
+        plan.config.seed,
+        len(train),
+        cfg.unlabeled.model_dump() if cfg.unlabeled else None,
+    ]
     out = []
     for i, (t_model, t_fn, digest) in enumerate(sources):
         reads_features = bool(distill.teacher_keys(i))
@@ -126,16 +140,7 @@ def teachers(
             and plan.config.data.augment.crop_pad == 0
             and not reads_features
         ):
-            tag = sha256_json(
-                [
-                    digest,
-                    unlabeled_digest(plan),
-                    plan.config.data.model_dump(mode="json"),
-                    plan.config.seed,
-                    len(train),
-                    cfg.unlabeled.model_dump() if cfg.unlabeled else None,
-                ]
-            )[:16]
+            tag = sha256_json([digest, *data_key])[:16]
             path = ctx.run_dir / "cache" / f"teacher{i}-logits-{tag}.safetensors"
             if not path.exists():
                 ctx.log(

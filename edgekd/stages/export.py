@@ -123,16 +123,13 @@ class ExportStage(Stage):
         """A teacher given as ONNX is used as it is: copied, and scored with onnxruntime."""
         import shutil
 
-        import torch
-
         from edgekd.models.io import file_bytes
-        from edgekd.stages.context import onnx_logits_fn
+        from edgekd.stages.context import onnx_predict
 
         path = out / f"{role}_fp32.onnx"
         source = ctx.input_path(artifact)
         shutil.copyfile(source / "model.onnx", path)
-        run = onnx_logits_fn(path)
-        logits = torch.cat([run(test_images[i : i + 256]) for i in range(0, len(test_images), 256)])
+        logits = onnx_predict(path, test_images)
         accuracy = float((logits.argmax(1) == splits.test.labels).float().mean()) * 100
         meta = read_json(source / "model.json")
         entry = {

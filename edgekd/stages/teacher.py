@@ -135,7 +135,6 @@ class TeacherStage(Stage):
         import shutil
 
         import onnx
-        import torch
 
         from edgekd.artifacts import atomic_path
         from edgekd.data.datasets import normalize
@@ -162,9 +161,9 @@ class TeacherStage(Stage):
             tmp.mkdir()
             shutil.copyfile(source, tmp / "model.onnx")
             (tmp / "model.json").write_text(json.dumps(meta, indent=2))
-        run = context.onnx_logits_fn(directory / "model.onnx")
-        test = normalize(splits.test.images, splits)
-        logits = torch.cat([run(test[i : i + 256]) for i in range(0, len(test), 256)])
+        logits = context.onnx_predict(
+            directory / "model.onnx", normalize(splits.test.images, splits)
+        )
         if logits.ndim != 2 or logits.shape[1] != len(splits.classes):
             raise EdgeKDError(
                 f"{source}: the ONNX teacher outputs shape {tuple(logits.shape)}, expected "
