@@ -1,4 +1,4 @@
-"""The command line: edgekd run | validate | check."""
+"""The command line: edgekd run | validate | bench | targets | deploy | check."""
 
 from __future__ import annotations
 
@@ -49,6 +49,70 @@ def _check(args: argparse.Namespace, console: Console) -> int:
     return 0 if all(ok for _, ok, _ in results) else 1
 
 
+def _bench(args: argparse.Namespace, console: Console) -> int:
+    from edgekd.artifacts import write_json
+    from edgekd.bench import bench_file
+    from edgekd.runners.base import MeasureProtocol
+    from edgekd.stages.bench import row_line
+
+    protocol = MeasureProtocol(args.warmup, args.iterations, args.min_seconds, 1, args.threads)
+    result = bench_file(
+        args.model,
+        args.target,
+        args.runtime,
+        args.precision,
+        args.batch,
+        protocol,
+        args.inputs,
+        args.workdir or Path(".edgekd-engines"),
+    )
+    console.print(f"{args.model}: checked on {result['checked_on']}", highlight=False)
+    for row in result["rows"]:
+        console.print(f"  {row['target']:<18} {row_line(row)}", highlight=False, markup=False)
+    if args.out:
+        write_json(args.out, result)
+        console.print(f"rows written to {args.out}")
+    ok = [r for r in result["rows"] if r["status"] == "ok"]
+    return 0 if ok and all(r["check"]["passed"] for r in ok) else 1
+
+
+def _targets(args: argparse.Namespace, console: Console) -> int:
+    from edgekd.bench import describe_targets
+
+    paths = args.profiles or sorted(Path("targets").glob("*.yaml"))
+    if not paths:
+        raise EdgeKDError("no target profiles given and none in ./targets/")
+    for entry in describe_targets(paths, probe=not args.no_probe):
+        state = "ready" if entry["reason"] is None else f"not reachable: {entry['reason']}"
+        console.print(f"{entry['name']} ({entry['file']}): {state}", highlight=False, markup=False)
+        for runtime, reason in entry.get("runtimes", {}).items():
+            if entry["reason"] is None:
+                text = "available" if reason is None else f"unavailable: {reason}"
+                console.print(f"  {runtime}: {text}", highlight=False, markup=False)
+    return 0
+
+
+def _deploy(args: argparse.Namespace, console: Console) -> int:
+    from edgekd.bench import load_target
+    from edgekd.deploy import deploy
+
+    target = load_target(args.target)
+    result = deploy(args.run_dir, target, str(args.target), args.out)
+    if result["pushed"]:
+        console.print(
+            f"bundle {result['bundle']} pushed to {target.name}:{result['remote_dir']} and "
+            f"built ({result['engine'] or 'no TensorRT recipe'})",
+            highlight=False,
+        )
+    else:
+        console.print(
+            f"bundle {result['bundle']}; tarball {result['tarball']} (copy it to the device, "
+            f"see README.txt inside)",
+            highlight=False,
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgekd",
@@ -79,6 +143,44 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("pipeline", type=Path)
     validate.set_defaults(func=_validate)
 
+    bench = sub.add_parser(
+        "bench", help="measure one ONNX file on target profiles (every runtime × precision)"
+    )
+    bench.add_argument("model", type=Path, help="an ONNX file (FP32, or INT8 with Q/DQ nodes)")
+    bench.add_argument(
+        "--target", type=Path, action="append", required=True, help="targets/*.yaml (repeatable)"
+    )
+    bench.add_argument("--runtime", action="append", help="only this runtime (repeatable)")
+    bench.add_argument(
+        "--precision", action="append", choices=["fp32", "fp16", "int8"], help="only this one"
+    )
+    bench.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes timed")
+    bench.add_argument(
+        "--inputs", type=Path, help=".npy of preprocessed images the outputs are checked on"
+    )
+    bench.add_argument("--warmup", type=int, default=20, help="untimed runs first")
+    bench.add_argument("--iterations", type=int, default=200, help="at least this many runs")
+    bench.add_argument("--min-seconds", type=float, default=1.0, help="and at least this long")
+    bench.add_argument("--threads", type=int, help="CPU threads (default: the target's, or all)")
+    bench.add_argument("--workdir", type=Path, help="TensorRT engine cache (.edgekd-engines)")
+    bench.add_argument("--out", type=Path, help="write the rows as JSON here")
+    bench.set_defaults(func=_bench)
+
+    targets = sub.add_parser("targets", help="list target profiles and whether each is reachable")
+    targets.add_argument("profiles", type=Path, nargs="*", help="default: targets/*.yaml")
+    targets.add_argument(
+        "--no-probe", action="store_true", help="do not try SSH connections to remote devices"
+    )
+    targets.set_defaults(func=_targets)
+
+    deploy = sub.add_parser(
+        "deploy", help="bundle a run's final model for a target; push and build it over SSH"
+    )
+    deploy.add_argument("run_dir", type=Path, help="runs/<pipeline name>")
+    deploy.add_argument("--target", type=Path, required=True, help="targets/*.yaml")
+    deploy.add_argument("--out", type=Path, help="bundle folder parent (default RUN_DIR/deploy)")
+    deploy.set_defaults(func=_deploy)
+
     gate = sub.add_parser("check", help="gate a report.json for CI: exit 1 when a limit fails")
     gate.add_argument("report", type=Path, help="runs/<name>/report.json")
     gate.add_argument("--baseline", type=Path, help="an earlier report.json to compare with")
@@ -98,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = Console()
+    console = Console(soft_wrap=True)
     try:
         return int(args.func(args, console))
     except EdgeKDError as exc:

@@ -205,21 +205,33 @@ class Connection(Strict):
     known_hosts: str | None = Field(
         None, description="known_hosts file the host key is checked against (no blind accept)."
     )
-    workdir: str = Field("/tmp/edgekd", description="Remote working directory.")
-    connect_timeout_s: int = Field(10, gt=0, description="SSH connection timeout.")
+    workdir: str = Field(
+        "/tmp/edgekd",
+        pattern=r"^/[A-Za-z0-9_./-]*$",
+        description="Absolute remote working directory (letters, digits, _ . / - only).",
+    )
+    connect_timeout_s: int = Field(10, gt=0, description="SSH connection timeout, seconds.")
+    python: str = Field(
+        "python3",
+        description="Python with edgekd installed on the device (for runtimes but tensorrt).",
+    )
+    trtexec: str = Field(
+        "/usr/src/tensorrt/bin/trtexec", description="trtexec on the device (JetPack's path)."
+    )
 
 
 class Power(Strict):
     nvpmodel: int | None = Field(None, description="nvpmodel mode applied before measuring.")
     jetson_clocks: bool = Field(False, description="Run jetson_clocks before measuring.")
+    tegrastats: bool = Field(False, description="Sample tegrastats (power rails) while timing.")
 
 
 class TargetProfile(Strict):
     name: str = Field(description="Profile name used in reports.")
     description: str = Field("", description="One line for people.")
     kind: Literal["local-cpu", "local-gpu", "remote-ssh"] = Field(description="Where it runs.")
-    runtimes: list[Literal["onnxruntime", "openvino", "tensorrt", "torch"]] = Field(
-        description="Runtimes allowed on this target, in order of preference."
+    runtimes: list[Literal["onnxruntime", "onnxruntime-trt", "openvino", "tensorrt", "torch"]] = (
+        Field(description="Runtimes allowed on this target, in order of preference.")
     )
     precisions: list[Literal["fp32", "fp16", "int8"]] = Field(description="Precisions allowed.")
     threads: int | None = Field(None, gt=0, description="CPU threads; null = all cores.")

@@ -66,13 +66,22 @@ def onnx_logits(path: Path, images: torch.Tensor, batch_size: int = 500) -> np.n
     )
 
 
-def parity(path: Path, model: nn.Module, images: torch.Tensor) -> dict[str, Any]:
-    """Max |onnxruntime − PyTorch| over the logits and top-1 agreement (%) on `images`."""
+def torch_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> np.ndarray:
+    """Eager PyTorch logits on the CPU: the reference every runtime is checked against."""
     model = model.eval().cpu()
     with torch.no_grad():
-        expected = torch.cat([model(images[i : i + 500]) for i in range(0, len(images), 500)])
+        return torch.cat(
+            [model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+        ).numpy()
+
+
+def parity(
+    path: Path, model: nn.Module, images: torch.Tensor, expected: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Max |onnxruntime − PyTorch| over the logits and top-1 agreement (%) on `images`;
+    `expected` are the model's logits when the caller already has them."""
+    ref = torch_logits(model, images) if expected is None else expected
     got = onnx_logits(path, images)
-    ref = expected.numpy()
     return {
         "images": len(images),
         "max_abs_diff": float(np.abs(got - ref).max()),

@@ -74,11 +74,13 @@ def build_report(
 def fastest(
     rows: list[dict[str, Any]], role: str, target: str | None = None, runtime: str | None = None
 ) -> dict[str, Any] | None:
-    """The lowest-median measured row of `role` (optionally on one target / runtime)."""
+    """The lowest-median measured row of `role` that passed its output check (optionally on one
+    target / runtime): the row the bench stage marks chosen."""
     ok = [
         r
         for r in rows
         if r["status"] == "ok"
+        and r.get("check", {}).get("passed", True)
         and r["model"] == role
         and (target is None or r["target"] == target)
         and (runtime is None or r["runtime"] == runtime)
@@ -103,7 +105,9 @@ def summarize(models: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dict[
             "macs": model["macs"],
             "bytes": model["bytes"],
             "onnxruntime_median_ms": ort["median_ms"] if ort else None,
-            "best": {k: best[k] for k in ("target", "runtime", "median_ms")} if best else None,
+            "best": {k: best[k] for k in ("target", "runtime", "precision", "batch", "median_ms")}
+            if best
+            else None,
         }
     t, f = out["teacher"], out["final"]
     out["ratios"] = {

@@ -31,6 +31,65 @@ def summary_table(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def latency_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Every measured, skipped and failed row; ★ marks the chosen row of its target and model."""
+    lines = [
+        "| target | model | precision | runtime | status | batch | threads | median ms | "
+        "p90 ms | p99 ms | mean ± 95% ms | runs | check vs reference | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        head = f"| {row['target']} | {row['model']} | {row['precision']} | {row['runtime']} |"
+        if row["status"] != "ok":
+            lines.append(
+                f"{head} {row['status']} | {row['batch']} | | | | | | | | {row['reason']} |"
+            )
+            continue
+        check = row.get("check", {})
+        verdict = "pass" if check.get("passed", True) else "FAIL"
+        agreement = _fmt(check.get("top1_agreement"), ".1f")
+        note = "★ chosen" if row.get("chosen") else ""
+        if row.get("copies_included"):
+            note = f"{note}; host↔device copies timed".lstrip("; ")
+        lines.append(
+            f"{head} ok | {row['batch']} | {row['threads']} | {row['median_ms']:.3f} | "
+            f"{row['p90_ms']:.3f} | {row['p99_ms']:.3f} | {row['mean_ms']:.3f} ± "
+            f"{row['ci95_ms']:.3f} | {row['iterations']} | {verdict}: top-1 {agreement}% vs "
+            f"{check.get('reference', '–')} | {note} |"
+        )
+    return lines
+
+
+def chosen_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Per target: the final model's chosen runtime × precision, and how it compares with the
+    fastest FP32 row of the same student, so a reader sees whether INT8 paid off there."""
+    lines: list[str] = []
+    for target in dict.fromkeys(r["target"] for r in rows):
+        chosen = [r for r in rows if r["target"] == target and r.get("chosen")]
+        final = next((r for r in chosen if r["model"] == "final"), None)
+        if final is None:
+            continue
+        fp32 = [r for r in chosen if r["model"] == "student_fp32" and r["batch"] == final["batch"]]
+        text = (
+            f"- {target}: final model runs fastest as {final['precision']} in "
+            f"{final['runtime']}, {final['median_ms']:.3f} ms (batch {final['batch']})"
+        )
+        if fp32:
+            ratio = fp32[0]["median_ms"] / final["median_ms"]
+            verdict = (
+                "INT8 pays off here"
+                if ratio >= 1
+                else "the FP32 student is faster here: per-operator overhead, not arithmetic, "
+                "sets latency at this size"
+            )
+            text += (
+                f"; the FP32 student's fastest is {fp32[0]['median_ms']:.3f} ms in "
+                f"{fp32[0]['runtime']} ({fp32[0]['precision']}), ×{ratio:.2f}: {verdict}"
+            )
+        lines.append(text)
+    return ["", "Chosen (fastest row that passed its check):", "", *lines] if lines else []
+
+
 def render(report: dict[str, Any]) -> str:
     lines = [
         f"# edgekd report: {report['pipeline']['name']}",
@@ -82,28 +141,8 @@ def render(report: dict[str, Any]) -> str:
             f"{m['bytes']:,} | {_fmt(parity.get('max_abs_diff'), '.2e')} | "
             f"{_fmt(parity.get('top1_agreement'), '.2f')} |"
         )
-    lines += [
-        "",
-        "## Latency",
-        "",
-        "| target | model | precision | runtime | status | batch | "
-        "threads | median ms | p90 ms | p99 ms | mean ± 95% ms | runs | note |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in report["latency"]:
-        if row["status"] == "ok":
-            lines.append(
-                f"| {row['target']} | {row['model']} | {row['precision']} | {row['runtime']} | "
-                f"ok | {row['batch']} | {row['threads']} | {row['median_ms']:.3f} | "
-                f"{row['p90_ms']:.3f} | {row['p99_ms']:.3f} | {row['mean_ms']:.3f} ± "
-                f"{row['ci95_ms']:.3f} | {row['iterations']} | top-1 agreement "
-                f"{row['top1_agreement']:.1f}% |"
-            )
-        else:
-            lines.append(
-                f"| {row['target']} | {row['model']} | {row['precision']} | "
-                f"{row['runtime']} | {row['status']} | | | | | | | | {row['reason']} |"
-            )
+    lines += ["", "## Latency", "", *latency_table(report["latency"])]
+    lines += chosen_lines(report["latency"])
     lines += [
         "",
         "## Versions",

@@ -27,6 +27,18 @@ class MeasureProtocol:
     threads: int | None = None
 
 
+@dataclass(frozen=True)
+class Job:
+    """One model as one runner should run it."""
+
+    model: Path  # ONNX file; for the torch runner, a model folder (model.json + safetensors)
+    precision: str  # the precision it runs at: fp16 is built from an fp32 file by TensorRT
+    threads: int
+    device: str = "cpu"  # cpu | cuda
+    workdir: Path | None = None  # where a runner may cache built engines
+    max_batch: int = 1  # largest batch the session must accept (checks run in batches)
+
+
 @dataclass
 class LatencyStats:
     runtime: str
@@ -43,6 +55,7 @@ class LatencyStats:
     ci95_ms: float  # half-width of the 95 % interval of the mean
     copies_included: bool  # whether host↔device copies are inside the timed region
     versions: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # runner-specific facts (engine, flags)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,15 +64,18 @@ class LatencyStats:
 class Runner(Protocol):
     name: str
 
-    def available(self) -> str | None:
-        """None when usable here, else the reason it is not (with the install command)."""
+    def available(self, device: str) -> str | None:
+        """None when usable on `device` here, else the reason (with the install command)."""
 
-    def prepare(self, model: Path, threads: int) -> Any: ...
+    def precisions(self, file_precision: str) -> list[str]:
+        """The precisions this runner can run a model file of `file_precision` at."""
+
+    def prepare(self, job: Job) -> Any: ...
 
     def infer(self, session: Any, inputs: np.ndarray) -> np.ndarray: ...
 
     def measure(
-        self, session: Any, protocol: MeasureProtocol, inputs: np.ndarray, precision: str
+        self, session: Any, protocol: MeasureProtocol, inputs: np.ndarray
     ) -> LatencyStats: ...
 
 
@@ -87,6 +103,38 @@ def cpu_name() -> str:
 
 def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def pin_threads(threads: int) -> list[int]:
+    """Restrict this process to `threads` CPUs (the first ones it may use) and return them, so
+    that a run with 2 threads is not spread over 16 cores by the scheduler."""
+    if not hasattr(os, "sched_setaffinity"):
+        return []
+    allowed = sorted(os.sched_getaffinity(0))
+    cpus = allowed[: max(1, threads)]
+    os.sched_setaffinity(0, cpus)
+    return cpus
+
+
+def batch_of(images: np.ndarray, batch: int) -> np.ndarray:
+    """`batch` real images (repeated when fewer are given), contiguous float32."""
+    reps = -(-batch // len(images))
+    return np.ascontiguousarray(np.concatenate([images] * reps)[:batch], dtype=np.float32)
+
+
+def in_chunks(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, size: int) -> np.ndarray:
+    """`run` over `images` in chunks of at most `size` (sessions built for a bounded batch)."""
+    return np.concatenate([run(images[i : i + size]) for i in range(0, len(images), size)])
+
+
+def onnx_input(path: Path) -> tuple[str, list[int]]:
+    """The first graph input's name and dimensions (0 where a dimension is symbolic)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    first = next(i for i in graph.input if i.name not in initializers)
+    return first.name, [d.dim_value for d in first.type.tensor_type.shape.dim]
 
 
 def time_calls(call: Callable[[], object], protocol: MeasureProtocol) -> list[float]:

@@ -1,4 +1,4 @@
-"""onnxruntime runner (CPU execution provider)."""
+"""onnxruntime runners: the CPU provider, the CUDA provider on a GPU, and the TensorRT provider."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 
 from edgekd.runners.base import (
     RUNNERS,
+    Job,
     LatencyStats,
     MeasureProtocol,
     missing,
@@ -18,45 +19,98 @@ from edgekd.runners.base import (
 )
 
 
+def _provider_missing(provider: str) -> str | None:
+    import onnxruntime as ort
+
+    if provider in ort.get_available_providers():
+        return None
+    return (
+        f"onnxruntime {ort.__version__} has no {provider} (it has "
+        f"{', '.join(ort.get_available_providers())}): pip install onnxruntime-gpu"
+    )
+
+
 @RUNNERS.register("onnxruntime")
 class OnnxRuntimeRunner:
+    """The ONNX file as it is: FP32, or INT8 Q/DQ run by onnxruntime's own INT8 kernels."""
+
     name = "onnxruntime"
 
-    def available(self) -> str | None:
-        return missing("onnxruntime", "pip install onnxruntime")
+    def available(self, device: str) -> str | None:
+        reason = missing("onnxruntime", "pip install onnxruntime")
+        if reason is None and device == "cuda":
+            reason = _provider_missing("CUDAExecutionProvider")
+        return reason
 
-    def prepare(self, model: Path, threads: int) -> Any:
+    def precisions(self, file_precision: str) -> list[str]:
+        return [file_precision]
+
+    def providers(self, job: Job) -> list[Any]:
+        if job.device == "cuda":
+            return ["CUDAExecutionProvider"]
+        return ["CPUExecutionProvider"]
+
+    def prepare(self, job: Job) -> Any:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
+        options.intra_op_num_threads = job.threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-        session.edgekd_threads = threads
-        return session
+        session = ort.InferenceSession(str(job.model), options, providers=self.providers(job))
+        return {"session": session, "job": job}
 
     def infer(self, session: Any, inputs: np.ndarray) -> np.ndarray:
-        return session.run(None, {session.get_inputs()[0].name: inputs})[0]
+        ort_session = session["session"]
+        return ort_session.run(None, {ort_session.get_inputs()[0].name: inputs})[0]
 
-    def measure(
-        self, session: Any, protocol: MeasureProtocol, inputs: np.ndarray, precision: str
-    ) -> LatencyStats:
+    def measure(self, session: Any, protocol: MeasureProtocol, inputs: np.ndarray) -> LatencyStats:
         import onnxruntime as ort
 
-        feed = {session.get_inputs()[0].name: inputs}
-        times = time_calls(lambda: session.run(None, feed), protocol)
+        ort_session, job = session["session"], session["job"]
+        feed = {ort_session.get_inputs()[0].name: inputs}
+        times = time_calls(lambda: ort_session.run(None, feed), protocol)
         return summarize(
             times,
             runtime=self.name,
-            device="cpu",
-            precision=precision,
+            device=job.device,
+            precision=job.precision,
             batch=inputs.shape[0],
-            threads=session.edgekd_threads,
+            threads=job.threads,
             warmup=protocol.warmup,
-            copies_included=False,
+            # numpy in, numpy out: on a GPU every timed run includes both copies
+            copies_included=job.device == "cuda",
             versions={"onnxruntime": ort.__version__},
+            extra={"providers": ort_session.get_providers()},
         )
+
+
+@RUNNERS.register("onnxruntime-trt")
+class OnnxRuntimeTensorRTRunner(OnnxRuntimeRunner):
+    """onnxruntime's TensorRT provider: FP32, FP16 built from an FP32 file, or Q/DQ INT8."""
+
+    name = "onnxruntime-trt"
+
+    def available(self, device: str) -> str | None:
+        if device != "cuda":
+            return "the TensorRT provider needs an NVIDIA GPU"
+        return missing("onnxruntime", "pip install onnxruntime-gpu") or _provider_missing(
+            "TensorrtExecutionProvider"
+        )
+
+    def precisions(self, file_precision: str) -> list[str]:
+        return ["fp32", "fp16"] if file_precision == "fp32" else [file_precision]
+
+    def providers(self, job: Job) -> list[Any]:
+        options: dict[str, Any] = {"trt_fp16_enable": job.precision in ("fp16", "int8")}
+        if job.workdir is not None:
+            options.update(
+                trt_engine_cache_enable=True,
+                trt_engine_cache_path=str(job.workdir),
+                trt_timing_cache_enable=True,
+                trt_timing_cache_path=str(job.workdir),
+            )
+        return [("TensorrtExecutionProvider", options), "CUDAExecutionProvider"]
 
 
 def logits_function(model: Path, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:

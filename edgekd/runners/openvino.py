@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgekd.runners.base import (
     RUNNERS,
+    Job,
     LatencyStats,
     MeasureProtocol,
     missing,
@@ -21,10 +21,15 @@ from edgekd.runners.base import (
 class OpenVINORunner:
     name = "openvino"
 
-    def available(self) -> str | None:
+    def available(self, device: str) -> str | None:
+        if device != "cpu":
+            return "edgekd runs OpenVINO on the x86 CPU only"
         return missing("openvino", "pip install openvino")
 
-    def prepare(self, model: Path, threads: int) -> Any:
+    def precisions(self, file_precision: str) -> list[str]:
+        return [file_precision]
+
+    def prepare(self, job: Job) -> Any:
         import openvino as ov
 
         core = ov.Core()
@@ -32,39 +37,33 @@ class OpenVINORunner:
         # "FP32" models in bf16 (measured here: logits off by ~1e-3), which is not what the
         # row claims. INT8 layers stay INT8 either way.
         compiled = core.compile_model(
-            str(model),
+            str(job.model),
             "CPU",
             {
-                "INFERENCE_NUM_THREADS": threads,
+                "INFERENCE_NUM_THREADS": job.threads,
                 "PERFORMANCE_HINT": "LATENCY",
                 "NUM_STREAMS": 1,
                 "INFERENCE_PRECISION_HINT": "f32",
             },
         )
-        return {
-            "compiled": compiled,
-            "request": compiled.create_infer_request(),
-            "threads": threads,
-        }
+        return {"compiled": compiled, "request": compiled.create_infer_request(), "job": job}
 
     def infer(self, session: Any, inputs: np.ndarray) -> np.ndarray:
         result = session["request"].infer({0: inputs})
         return np.asarray(next(iter(result.values())))
 
-    def measure(
-        self, session: Any, protocol: MeasureProtocol, inputs: np.ndarray, precision: str
-    ) -> LatencyStats:
+    def measure(self, session: Any, protocol: MeasureProtocol, inputs: np.ndarray) -> LatencyStats:
         import openvino as ov
 
-        request = session["request"]
+        request, job = session["request"], session["job"]
         times = time_calls(lambda: request.infer({0: inputs}), protocol)
         return summarize(
             times,
             runtime=self.name,
             device="cpu",
-            precision=precision,
+            precision=job.precision,
             batch=inputs.shape[0],
-            threads=session["threads"],
+            threads=job.threads,
             warmup=protocol.warmup,
             copies_included=False,
             versions={"openvino": ov.__version__},

@@ -1,134 +1,264 @@
-"""Measures models on a target profile: every allowed runtime × precision, or a skipped row
-that says why a target cannot be reached. One failure never stops the other rows."""
+"""Measures models on a target profile: every allowed runtime × precision × batch, each checked
+against the reference outputs on real images before it is timed; the fastest row that passes
+the check is marked chosen. A target that cannot be reached gives rows that say why, and one
+failure never stops the other rows."""
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgekd.config.schema import TargetProfile
-from edgekd.runners.base import RUNNERS, MeasureProtocol, Runner, cpu_name, default_threads
+from edgekd.errors import EdgeKDError
+from edgekd.runners.base import (
+    RUNNERS,
+    Job,
+    MeasureProtocol,
+    Runner,
+    cpu_name,
+    default_threads,
+    onnx_input,
+)
 from edgekd.runners.measure import MeasureError, measure_in_subprocess
 
 # Importing a runner module registers it; the backend library itself loads on first use.
 RUNNER_MODULES = {
     "onnxruntime": "edgekd.runners.onnxruntime",
+    "onnxruntime-trt": "edgekd.runners.onnxruntime",
     "openvino": "edgekd.runners.openvino",
+    "tensorrt": "edgekd.runners.tensorrt",
+    "torch": "edgekd.runners.torch_eager",
 }
+DEVICE = {"local-cpu": "cpu", "local-gpu": "cuda", "remote-ssh": "remote"}
+# Least top-1 agreement (%) with the reference for a row to pass. FP32 differs from PyTorch only
+# by float reordering; FP16 and INT8 may flip the rare image whose top two logits are close
+# (STYLE.md: INT8 top-1 agrees with FP32 on ≥ 99 % of real test images).
+DEFAULT_GATE = {"fp32": 99.5, "fp16": 99.0, "int8": 99.0}
+CHECK_CHUNK = 100  # images per inference call in the check (and largest engine batch)
 
 
 @dataclass(frozen=True)
 class BenchModel:
     role: str  # teacher, student_fp32, final
-    path: Path
-    precision: str
+    path: Path  # the ONNX file
+    precision: str  # the file's precision: fp32, or int8 for a Q/DQ file
+    torch_dir: Path | None = None  # the model folder the torch runner runs, when there is one
 
 
-def get_runner(name: str) -> Runner | None:
+@dataclass(frozen=True)
+class Reference:
+    outputs: np.ndarray  # logits of the reference on the check images
+    source: str  # "torch" (eager PyTorch), or "onnxruntime-cpu" where no PyTorch model exists
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    protocol: MeasureProtocol
+    batches: list[int]
+    gate: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_GATE))
+    workdir: Path | None = None  # engine cache for local TensorRT
+
+
+def get_runner(name: str) -> Runner:
     module = RUNNER_MODULES.get(name)
     if module is None:
-        return None
+        raise EdgeKDError(f"no runner named {name!r}; runners: {', '.join(RUNNER_MODULES)}")
     importlib.import_module(module)
     return RUNNERS.get(name)()
 
 
-def unreachable(target: TargetProfile, source: str) -> str | None:
-    """Why `target` cannot be measured from this machine, or None when it can."""
+def unreachable(target: TargetProfile, source: str, probe: bool = True) -> str | None:
+    """Why `target` cannot be measured from this machine now, or None when it can."""
     if target.kind == "remote-ssh":
-        if target.connection is None or target.connection.host is None:
-            return (
-                f"no device configured: set connection.host (and user, key_file, "
-                f"known_hosts) in {source}"
-            )
-        return "the remote SSH runner is not implemented yet (issue #4)"
+        from edgekd.runners.ssh import Remote, config_problem
+
+        problem = config_problem(target.connection, source)
+        if problem is not None or not probe:
+            return problem
+        assert target.connection is not None
+        return Remote(target.connection).probe()
     if target.kind == "local-gpu":
         import torch
 
         if not torch.cuda.is_available():
             return "no NVIDIA GPU with CUDA on this machine"
-        if "tensorrt" in target.runtimes:
-            try:
-                importlib.import_module("tensorrt")
-            except ImportError:
-                return "TensorRT is not installed (pip install tensorrt)"
-        return "GPU runners are not implemented yet (issue #4)"
     return None
+
+
+def fixed_batch(path: Path) -> int | None:
+    """The batch size an ONNX file was exported with, or None when its batch axis is dynamic."""
+    try:
+        batch = onnx_input(path)[1][0]
+    except Exception:  # an unreadable file fails later, in its own row
+        return None
+    return batch or None
+
+
+def variants(
+    target: TargetProfile, model: BenchModel, batches: list[int]
+) -> Iterator[tuple[dict[str, Any], str | None]]:
+    """(row key, reason it is skipped or None) for every runtime × precision × batch."""
+    fixed = fixed_batch(model.path)
+    for runtime in target.runtimes:
+        row = {"model": model.role, "runtime": runtime}
+        first = {**row, "precision": model.precision, "batch": batches[0]}
+        if runtime == "torch" and model.torch_dir is None:
+            yield first, "no PyTorch model for this file (an ONNX file given as it is)"
+            continue
+        try:
+            runner = get_runner(runtime)
+        except EdgeKDError as exc:
+            yield first, str(exc)
+            continue
+        precisions = runner.precisions(model.precision)
+        allowed = [p for p in precisions if p in target.precisions]
+        if not precisions:
+            yield (
+                first,
+                f"{runtime} does not time {model.precision} files" + getattr(runner, "why_not", ""),
+            )
+            continue
+        if not allowed:
+            yield (
+                first,
+                (
+                    f"{runtime} runs a {model.precision} file as {', '.join(precisions)}; "
+                    f"{target.name} allows {', '.join(target.precisions)}"
+                ),
+            )
+            continue
+        for precision in allowed:
+            for batch in batches:
+                reason = None
+                if fixed is not None and batch != fixed:
+                    reason = f"the ONNX file has a fixed batch of {fixed}"
+                yield {**row, "precision": precision, "batch": batch}, reason
 
 
 def measure_target(
     target: TargetProfile,
     source: str,
     models: list[BenchModel],
-    protocol: MeasureProtocol,
+    plan: BenchPlan,
     images: np.ndarray,
-    reference: dict[str, np.ndarray],
+    references: dict[str, Reference],
 ) -> list[dict[str, Any]]:
-    """Rows of one target: latency per model × runtime, or skipped/failed with the reason.
-
-    `images` are real, preprocessed test images; `reference` holds each model's onnxruntime
-    logits on them (already checked against PyTorch by the export stage), which every runner's
-    outputs are compared with before it is timed.
-    """
-    rows: list[dict[str, Any]] = []
+    """Rows of one target: latency per model × runtime × precision × batch, or skipped/failed
+    with the reason. `images` are real, preprocessed test images."""
     base = {"target": target.name, "kind": target.kind}
     reason = unreachable(target, source)
+    notes: list[str] = []
+    if reason is None and target.kind == "remote-ssh":
+        reason, notes = _power_up(target)
+    rows: list[dict[str, Any]] = []
     for model in models:
-        for runtime in target.runtimes:
-            row = {
-                **base,
-                "model": model.role,
-                "precision": model.precision,
-                "runtime": runtime,
-                "batch": protocol.batch,
-            }
-            if reason is not None:
-                rows.append({**row, "status": "skipped", "reason": reason})
+        for key, skip in variants(target, model, plan.batches):
+            row = {**base, **key}
+            if reason is not None or skip is not None:
+                rows.append({**row, "status": "skipped", "reason": reason or skip})
                 continue
-            if model.precision not in target.precisions:
-                rows.append(
-                    {
-                        **row,
-                        "status": "skipped",
-                        "reason": f"{target.name} does not list {model.precision}",
-                    }
-                )
-                continue
-            rows.append(
-                {
-                    **row,
-                    **_measure_one(runtime, target, model, protocol, images, reference[model.role]),
-                }
-            )
+            result = _measure_one(target, model, row, plan, images, references[model.role])
+            rows.append({**row, **result, **({"power_setup": notes} if notes else {})})
+    choose(rows)
     return rows
 
 
+def _power_up(target: TargetProfile) -> tuple[str | None, list[str]]:
+    from edgekd.runners.ssh import Remote, RemoteError, apply_power
+
+    assert target.connection is not None
+    try:
+        return None, apply_power(Remote(target.connection), target.power)
+    except RemoteError as exc:
+        return f"power set-up failed: {exc}", []
+
+
 def _measure_one(
-    runtime: str,
     target: TargetProfile,
     model: BenchModel,
-    protocol: MeasureProtocol,
+    row: dict[str, Any],
+    plan: BenchPlan,
     images: np.ndarray,
-    reference: np.ndarray,
+    reference: Reference,
 ) -> dict[str, Any]:
-    runner = get_runner(runtime)
-    if runner is None:
-        return {"status": "skipped", "reason": f"no {runtime} runner for {target.kind} yet"}
-    missing = runner.available()
-    if missing is not None:
-        return {"status": "skipped", "reason": missing}
-    threads = protocol.threads or target.threads or default_threads()
+    runtime, precision, batch = row["runtime"], row["precision"], row["batch"]
+    device = DEVICE[target.kind]
+    protocol = MeasureProtocol(**{**plan.protocol.__dict__, "batch": batch})
+    threads = plan.protocol.threads or target.threads or default_threads()
+    fixed = fixed_batch(model.path)
+    job = Job(
+        model=model.torch_dir if runtime == "torch" and model.torch_dir else model.path,
+        precision=precision,
+        threads=threads,
+        device=device,
+        workdir=plan.workdir,
+        max_batch=fixed or max(batch, min(CHECK_CHUNK, len(images))),
+    )
     try:
-        outputs, stats = measure_in_subprocess(runtime, model, threads, protocol, images)
-    except MeasureError as exc:  # a broken runtime becomes a row, not a crashed run
+        if device == "remote":
+            outputs, stats = _measure_remote(target, runtime, job, protocol, images)
+        else:
+            missing = get_runner(runtime).available(device)
+            if missing is not None:
+                return {"status": "skipped", "reason": missing}
+            outputs, stats = measure_in_subprocess(runtime, job, protocol, images)
+            stats["machine"] = cpu_name()
+    except (MeasureError, EdgeKDError, OSError, ValueError) as exc:
         return {"status": "failed", "reason": str(exc)[-500:]}
+    check = compare(outputs, reference, plan.gate[precision])
+    return {"status": "ok", **stats, "check": check}
+
+
+def _measure_remote(
+    target: TargetProfile, runtime: str, job: Job, protocol: MeasureProtocol, images: np.ndarray
+) -> tuple[np.ndarray, dict[str, Any]]:
+    from edgekd.runners import remote_ssh
+    from edgekd.runners.ssh import Remote
+
+    assert target.connection is not None
+    remote = Remote(target.connection)
+    if runtime == "tensorrt":
+        outputs, stats = remote_ssh.measure_trtexec(remote, target, job, protocol, images)
+    else:
+        outputs, stats = remote_ssh.measure_edgekd(remote, target, runtime, job, protocol, images)
+    stats["machine"] = f"{target.name} ({target.connection.host})"
+    return outputs, stats
+
+
+def compare(outputs: np.ndarray, reference: Reference, min_agreement: float) -> dict[str, Any]:
+    """Top-1 agreement and largest logit gap against the reference, and whether the row passes."""
+    if outputs.shape != reference.outputs.shape:
+        return {
+            "reference": reference.source,
+            "images": len(reference.outputs),
+            "passed": False,
+            "reason": f"output shape {outputs.shape} != reference {reference.outputs.shape}",
+        }
+    agreement = float((outputs.argmax(1) == reference.outputs.argmax(1)).mean() * 100)
     return {
-        "status": "ok",
-        "machine": cpu_name(),
-        "top1_agreement": float((outputs.argmax(1) == reference.argmax(1)).mean() * 100),
-        "max_abs_diff": float(np.abs(outputs - reference).max()),
-        **stats,
+        "reference": reference.source,
+        "images": len(outputs),
+        "top1_agreement": round(agreement, 3),
+        "max_abs_diff": float(np.abs(outputs - reference.outputs).max()),
+        "min_top1_agreement": min_agreement,
+        "passed": agreement >= min_agreement,
     }
+
+
+def choose(rows: list[dict[str, Any]]) -> None:
+    """Mark, per target × model × batch, the lowest-median row that passed its check."""
+    best: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        row.pop("chosen", None)
+        if row["status"] != "ok" or not row["check"]["passed"]:
+            continue
+        key = (row["target"], row["model"], row["batch"])
+        if key not in best or row["median_ms"] < best[key]["median_ms"]:
+            best[key] = row
+    for row in best.values():
+        row["chosen"] = True

@@ -1,9 +1,12 @@
 """Stage `bench`: latency of the teacher, the FP32 student and the final model on every target
-the pipeline names, with the same runners and protocol everywhere."""
+the pipeline names, with the same runners and protocol everywhere; each runtime's outputs are
+checked against eager PyTorch on real test images before it is timed."""
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Any
+
+from pydantic import Field, field_validator
 
 from edgekd.artifacts import Artifact, read_json, write_json
 from edgekd.config.schema import Strict
@@ -14,56 +17,101 @@ class BenchConfig(Strict):
     warmup: int = Field(20, ge=0, description="Untimed runs first.")
     iterations: int = Field(200, ge=10, description="At least this many timed runs.")
     min_seconds: float = Field(1.0, ge=0, description="And at least this long.")
-    batch: int = Field(1, gt=0, description="Batch size timed.")
+    batch: list[int] = Field(
+        default_factory=lambda: [1], description="Batch sizes timed: one number or a list."
+    )
     threads: int | None = Field(
         None, gt=0, description="CPU threads; null = the target's `threads`, else all cores."
     )
     check_images: int = Field(
         500, gt=0, description="Test images each runner's outputs are checked on before timing."
     )
+    min_top1_agreement: dict[str, float] = Field(
+        default_factory=lambda: {"fp32": 99.5, "fp16": 99.0, "int8": 99.0},
+        description="Least top-1 agreement (%) with PyTorch per precision for a row to pass "
+        "(and be chosen).",
+    )
+
+    @field_validator("batch", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, int) else value
+
+    @field_validator("batch")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if not value or any(b <= 0 for b in value):
+            raise ValueError("batch sizes must be positive")
+        return value
+
+
+ROLE_INPUTS = {"teacher": "teacher", "student_fp32": "student_fp32", "final": "student"}
 
 
 @STAGES.register("bench")
 class BenchStage(Stage):
     Config = BenchConfig
-    requires = ("onnx",)
+    requires = ("onnx", "teacher", "student_fp32", "student")
     produces = ("bench",)
     uses = ("seed", "data", "targets")
 
     def run(self, ctx: StageContext, cfg: BenchConfig) -> dict[str, Artifact]:
+        import numpy as np
+
         from edgekd.data.datasets import normalize
         from edgekd.export.onnx import onnx_logits
         from edgekd.runners.base import MeasureProtocol
-        from edgekd.runners.targets import BenchModel, measure_target
+        from edgekd.runners.targets import BenchModel, BenchPlan, Reference, measure_target
         from edgekd.stages import context
 
         _, splits = context.prepare(ctx.plan)
         onnx_dir = ctx.input_path("onnx")
         index = read_json(onnx_dir / "models.json")["models"]
-        models = [BenchModel(m["role"], onnx_dir / m["file"], m["precision"]) for m in index]
-        images = normalize(splits.test.images[: cfg.check_images], splits)
-        reference = {m.role: onnx_logits(m.path, images) for m in models}
-        protocol = MeasureProtocol(
-            cfg.warmup, cfg.iterations, cfg.min_seconds, cfg.batch, cfg.threads
+        n = min([cfg.check_images] + [m["reference"]["images"] for m in index if m["reference"]])
+        images = normalize(splits.test.images[:n], splits)
+        models, references = [], {}
+        for m in index:
+            path = onnx_dir / m["file"]
+            folder = ctx.input_path(ROLE_INPUTS[m["role"]])
+            if m["reference"]:
+                torch_dir = folder
+                outputs = np.load(onnx_dir / m["reference"]["file"])[:n]
+                references[m["role"]] = Reference(outputs, "torch")
+            else:  # an ONNX teacher: no PyTorch model exists, the file is its own reference
+                torch_dir = None
+                references[m["role"]] = Reference(onnx_logits(path, images), "onnxruntime-cpu")
+            models.append(BenchModel(m["role"], path, m["precision"], torch_dir))
+        plan = BenchPlan(
+            protocol=MeasureProtocol(
+                cfg.warmup, cfg.iterations, cfg.min_seconds, cfg.batch[0], cfg.threads
+            ),
+            batches=cfg.batch,
+            gate=cfg.min_top1_agreement,
+            workdir=ctx.dir / "engines",
         )
         rows = []
         for target, source in zip(ctx.plan.targets, ctx.plan.config.targets, strict=True):
             ctx.log(f"target {target.name} ({target.kind})")
-            for row in measure_target(target, source, models, protocol, images.numpy(), reference):
+            for row in measure_target(target, source, models, plan, images.numpy(), references):
                 rows.append(row)
-                if row["status"] == "ok":
-                    ctx.log(
-                        f"  {row['model']:<13} {row['precision']} {row['runtime']:<11} "
-                        f"median {row['median_ms']:.3f} ms  p90 {row['p90_ms']:.3f} ms"
-                    )
-                else:
-                    ctx.log(
-                        f"  {row['model']:<13} {row['runtime']:<11} {row['status']}: "
-                        f"{row['reason']}"
-                    )
+                ctx.log("  " + row_line(row))
         path = ctx.dir / "bench.json"
         write_json(path, {"protocol": cfg.model_dump(), "rows": rows})
         ctx.metrics["rows_ok"] = sum(r["status"] == "ok" for r in rows)
         ctx.metrics["rows_skipped"] = sum(r["status"] == "skipped" for r in rows)
         ctx.metrics["rows_failed"] = sum(r["status"] == "failed" for r in rows)
         return {"bench": ctx.artifact("bench", path)}
+
+
+def row_line(row: dict[str, Any]) -> str:
+    """One latency row as a log line."""
+    head = f"{row['model']:<13} {row['runtime']:<15} {row['precision']:<4} b{row['batch']:<3}"
+    if row["status"] != "ok":
+        return f"{head} {row['status']}: {row['reason']}"
+    check = row["check"]
+    verdict = "passed" if check["passed"] else "FAILED"
+    mark = "  ← chosen" if row.get("chosen") else ""
+    return (
+        f"{head} median {row['median_ms']:.3f} ms  p90 {row['p90_ms']:.3f} ms  check "
+        f"{verdict} ({check.get('top1_agreement', '–')}% top-1 vs {check['reference']}){mark}"
+    )

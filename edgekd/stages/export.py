@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import Field
 
-from edgekd.artifacts import Artifact, read_json, write_json
+from edgekd.artifacts import Artifact, atomic_path, read_json, write_json
 from edgekd.config.schema import Strict
 from edgekd.errors import ParityError
 from edgekd.stages.base import STAGES, Stage, StageContext
@@ -53,10 +53,17 @@ class ExportStage(Stage):
     uses = ("seed", "data")
 
     def run(self, ctx: StageContext, cfg: ExportConfig) -> dict[str, Artifact]:
+        import numpy as np
         import torch
 
         from edgekd.data.datasets import normalize
-        from edgekd.export.onnx import export_onnx, onnx_logits, parity, store_int8_weights
+        from edgekd.export.onnx import (
+            export_onnx,
+            onnx_logits,
+            parity,
+            store_int8_weights,
+            torch_logits,
+        )
         from edgekd.models import zoo
         from edgekd.models.io import file_bytes, load_model
         from edgekd.quant import nncf_qat
@@ -85,7 +92,13 @@ class ExportStage(Stage):
             export_onnx(model, example, path)
             if precision == "int8":
                 store_int8_weights(path)
-            check = parity(path, model, test_images[: cfg.parity_images])
+            check_images = test_images[: cfg.parity_images]
+            expected = torch_logits(model, check_images)
+            check = parity(path, model, check_images, expected)
+            # eager PyTorch outputs, kept as the reference the bench stage checks runtimes with
+            reference = out / f"reference_{role}.npy"
+            with atomic_path(reference) as tmp:
+                np.save(tmp, expected)
             require_parity(path.name, check, cfg.tolerance[precision])
             logits = onnx_logits(path, test_images)
             accuracy = (
@@ -102,6 +115,7 @@ class ExportStage(Stage):
                 "test_acc": round(accuracy, 2),
                 "test_images": len(splits.test),
                 "parity": check,
+                "reference": {"file": reference.name, "images": len(check_images)},
             }
             index.append(entry)
             ctx.metrics[f"{role}_{precision}_test_acc"] = entry["test_acc"]
@@ -142,6 +156,7 @@ class ExportStage(Stage):
             "test_acc": round(accuracy, 2),
             "test_images": len(splits.test),
             "parity": None,
+            "reference": None,  # the file is its own reference (checked with onnxruntime)
         }
         ctx.metrics[f"{role}_fp32_test_acc"] = entry["test_acc"]
         ctx.log(f"{path.name}: the given ONNX teacher, onnxruntime test accuracy {accuracy:.2f}%")

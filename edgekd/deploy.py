@@ -1,0 +1,153 @@
+"""`edgekd deploy`: the final model of a run as a bundle for one target (ONNX, build and run
+recipes, manifest, labels, preprocessing), pushed and built over SSH when the profile names a
+host, else written as a tarball with instructions."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from edgekd import __version__
+from edgekd.artifacts import atomic_path, read_json, sha256_path, write_json, write_text
+from edgekd.config.schema import TargetProfile
+from edgekd.errors import EdgeKDError
+from edgekd.runners import trtexec
+from edgekd.runners.base import onnx_input
+from edgekd.runners.tensorrt import build_flags
+
+MODEL = "model.onnx"
+
+
+def find_export(run_dir: Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """(the export stage's onnx folder, its index, the final model's entry)."""
+    found = sorted(run_dir.glob("*_export/onnx/models.json"))
+    if not found:
+        raise EdgeKDError(
+            f"{run_dir}: no exported models (looked for */onnx/models.json of an export stage); "
+            f"run the pipeline first: edgekd run PIPELINE.yaml"
+        )
+    index = read_json(found[-1])
+    final = next((m for m in index["models"] if m["role"] == "final"), None)
+    if final is None:
+        raise EdgeKDError(f"{found[-1]}: no final model in the export index")
+    return found[-1].parent, index, final
+
+
+def recipes(
+    target: TargetProfile, precision: str, input_name: str, shape: list[int]
+) -> dict[str, str]:
+    """build.sh and run.sh for TensorRT targets (engines are built on the device)."""
+    if "tensorrt" not in target.runtimes:
+        return {}
+    binary = target.connection.trtexec if target.connection else "trtexec"
+    precisions = ["fp16", "fp32"] if precision == "fp32" else [precision]
+    chosen = next((p for p in precisions if p in target.precisions), precisions[0])
+    engine = f"model.{chosen}.engine"
+    build = trtexec.build_command(
+        binary, MODEL, engine, chosen, input_name, shape, 1, 1, "timing.cache"
+    )
+    run = trtexec.time_command(binary, engine, input_name, shape, 1, 1000, 5, 500, "times.json")
+    return {"build.sh": trtexec.build_script([build]), "run.sh": trtexec.build_script([run])}
+
+
+def bundle(run_dir: Path, target: TargetProfile, source: str, out: Path) -> Path:
+    """Write the bundle folder `out` (atomically) and return it."""
+    onnx_dir, index, final = find_export(run_dir)
+    model = onnx_dir / final["file"]
+    name, dims = onnx_input(model)
+    scripts = recipes(target, final["precision"], name, dims[1:])
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        shutil.copyfile(model, tmp / MODEL)
+        for file, text in scripts.items():
+            (tmp / file).write_text(text)
+        (tmp / "labels.txt").write_text("\n".join(index["classes"]) + "\n")
+        write_json(tmp / "preprocess.json", {**index["preprocessing"], "input": name})
+        write_json(
+            tmp / "manifest.json",
+            {
+                "edgekd_version": __version__,
+                "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "run_dir": str(run_dir.resolve()),
+                "target": {
+                    "file": source,
+                    **target.model_dump(mode="json", exclude={"connection"}),
+                },
+                "model": {
+                    "file": MODEL,
+                    "sha256": sha256_path(model),
+                    "precision": final["precision"],
+                    "builder_flags": build_flags(final["precision"]) if scripts else None,
+                    "input": {"name": name, "shape": dims},
+                    **{k: final.get(k) for k in ("params", "macs", "bytes", "test_acc")},
+                },
+            },
+        )
+        write_text(tmp / "README.txt", instructions(target, bool(scripts)))
+    return out
+
+
+def instructions(target: TargetProfile, tensorrt: bool) -> str:
+    lines = [
+        f"edgekd bundle for {target.name} ({target.description})",
+        "",
+        "model.onnx       the final model (Q/DQ INT8 or FP32), input NCHW float32",
+        "preprocess.json  how images become inputs: x = (pixel * scale - mean) / std",
+        "labels.txt       class names, one per output index",
+        "manifest.json    provenance: edgekd version, run, hashes, accuracy",
+    ]
+    if tensorrt:
+        lines += [
+            "build.sh         builds the TensorRT engine on the device (engines are specific to",
+            "                 the GPU and TensorRT version, so build it where it runs)",
+            "run.sh           times the engine with trtexec",
+            "",
+            "On the device:  tar xzf BUNDLE.tar.gz && cd BUNDLE && sh build.sh && sh run.sh",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def deploy(
+    run_dir: Path, target: TargetProfile, source: str, out_dir: Path | None
+) -> dict[str, Any]:
+    """Bundle, then push and build over SSH when the profile names a host, else a tarball."""
+    out_dir = out_dir or run_dir / "deploy"
+    folder = bundle(run_dir, target, source, out_dir / target.name)
+    conn = target.connection
+    if target.kind == "remote-ssh" and conn is not None and conn.host is not None:
+        return push(folder, target, source)
+    tarball = out_dir / f"{target.name}.tar.gz"
+    with atomic_path(tarball) as tmp, tarfile.open(tmp, "w:gz") as tar:
+        tar.add(folder, arcname=target.name)
+    return {"bundle": str(folder), "tarball": str(tarball), "pushed": False}
+
+
+def push(folder: Path, target: TargetProfile, source: str) -> dict[str, Any]:
+    from edgekd.runners.ssh import Remote, RemoteError, config_problem
+
+    problem = config_problem(target.connection, source)
+    if problem is not None:
+        raise EdgeKDError(problem)
+    assert target.connection is not None
+    remote = Remote(target.connection)
+    where = f"{target.connection.workdir}/{target.name}"
+    try:
+        remote.mkdir(where)
+        for file in sorted(folder.iterdir()):
+            remote.put(file, f"{where}/{file.name}")
+        log = ""
+        if (folder / "build.sh").exists():
+            log = remote.run(["sh", f"{where}/build.sh"], timeout=1800).stdout.decode(
+                errors="replace"
+            )
+    except RemoteError as exc:
+        raise EdgeKDError(f"deploy to {target.name} failed: {exc}") from None
+    return {
+        "bundle": str(folder),
+        "pushed": True,
+        "remote_dir": where,
+        "engine": trtexec.parse_build_facts(log) if log else None,
+    }

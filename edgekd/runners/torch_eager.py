@@ -1,0 +1,70 @@
+"""PyTorch eager runner: the reference the exported files are checked against, timed as well."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from edgekd.runners.base import RUNNERS, Job, LatencyStats, MeasureProtocol, summarize, time_calls
+
+
+@RUNNERS.register("torch")
+class TorchRunner:
+    """Runs the model folder a stage saved (model.json + safetensors), not the ONNX file."""
+
+    name = "torch"
+    why_not = " (eager INT8 is float math with fake quantizers, nothing a device runs)"
+
+    def available(self, device: str) -> str | None:
+        import torch
+
+        if device == "cuda" and not torch.cuda.is_available():
+            return "PyTorch sees no CUDA device"
+        return None
+
+    def precisions(self, file_precision: str) -> list[str]:
+        # An NNCF model in eager mode is float math with fake quantizers: timing it says
+        # nothing about INT8 on a device, so only FP32 models get a torch row.
+        return ["fp32"] if file_precision == "fp32" else []
+
+    def prepare(self, job: Job) -> Any:
+        import torch
+
+        from edgekd.models.io import load_model
+
+        torch.set_num_threads(job.threads)
+        model, _ = load_model(job.model)
+        return {"model": model.eval().to(job.device), "job": job}
+
+    def infer(self, session: Any, inputs: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(inputs).to(session["job"].device)
+            return session["model"](x).float().cpu().numpy()
+
+    def measure(self, session: Any, protocol: MeasureProtocol, inputs: np.ndarray) -> LatencyStats:
+        import torch
+
+        model, job = session["model"], session["job"]
+        x = torch.from_numpy(inputs).to(job.device)
+        sync = torch.cuda.synchronize if job.device == "cuda" else (lambda: None)
+
+        def call() -> None:
+            with torch.inference_mode():
+                model(x)
+            sync()
+
+        times = time_calls(call, protocol)
+        return summarize(
+            times,
+            runtime=self.name,
+            device=job.device,
+            precision=job.precision,
+            batch=inputs.shape[0],
+            threads=job.threads,
+            warmup=protocol.warmup,
+            copies_included=False,
+            versions={"torch": torch.__version__},
+        )

@@ -1,0 +1,188 @@
+"""The remote path against a real OpenSSH server started on 127.0.0.1 with throwaway keys: the
+"device" runs edgekd's measuring entry point with onnxruntime, host keys are checked, values are
+never interpreted by the remote shell, and an unreachable device is a row with its reason."""
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgekd.config.schema import Connection, Power, TargetProfile
+from edgekd.export.onnx import export_onnx
+from edgekd.models import zoo
+from edgekd.models.specs import ModelSpec
+from edgekd.runners.base import MeasureProtocol
+from edgekd.runners.ssh import Remote, RemoteError
+from edgekd.runners.targets import BenchModel, BenchPlan, Reference, measure_target, unreachable
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+pytestmark = pytest.mark.skipif(
+    not Path(SSHD).exists() or shutil.which("ssh") is None,
+    reason="OpenSSH server/client not installed (scripts/setup.sh installs openssh-server)",
+)
+PLAN = BenchPlan(protocol=MeasureProtocol(warmup=2, iterations=20, min_seconds=0.0), batches=[1])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def keygen(path: Path) -> str:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return path.with_suffix(".pub").read_text().strip()
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    """A real sshd on 127.0.0.1 accepting one throwaway client key; yields a Connection."""
+    d = tmp_path_factory.mktemp("sshd")
+    host_pub = keygen(d / "host_key")
+    client_pub = keygen(d / "client_key")
+    (d / "authorized_keys").write_text(client_pub + "\n")
+    port = free_port()
+    (d / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\n"
+        f"AuthorizedKeysFile {d / 'authorized_keys'}\nPidFile {d / 'sshd.pid'}\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
+        "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n"
+    )
+    Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
+    server = subprocess.Popen(
+        [SSHD, "-D", "-e", "-f", str(d / "sshd_config")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if server.poll() is not None:
+                pytest.skip(f"sshd did not start: {server.stderr.read().decode()[-300:]}")
+            time.sleep(0.1)
+    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub}\n")
+    other = keygen(d / "other_host_key")
+    (d / "wrong_known_hosts").write_text(f"[127.0.0.1]:{port} {other}\n")
+    yield Connection(
+        host="127.0.0.1",
+        port=port,
+        user=subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip(),
+        key_file=str(d / "client_key"),
+        known_hosts=str(d / "known_hosts"),
+        workdir=str(d / "device"),
+        connect_timeout_s=5,
+        python=sys.executable,  # the "device" runs edgekd from this environment
+    )
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def device(conn: Connection, **update) -> TargetProfile:
+    return TargetProfile(
+        name="fake-device",
+        kind="remote-ssh",
+        runtimes=["onnxruntime"],
+        precisions=["fp32", "int8"],
+        threads=1,
+        connection=conn.model_copy(update=update),
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    torch.manual_seed(0)
+    model = zoo.build(ModelSpec(arch="tiny_cnn"), 1, 10).eval()
+    path = tmp_path_factory.mktemp("model") / "tiny.onnx"
+    export_onnx(model, torch.zeros(1, 1, 28, 28), path)
+    images = np.random.default_rng(0).standard_normal((30, 1, 28, 28)).astype(np.float32)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(images)).numpy()
+    return path, images, logits
+
+
+def test_remote_onnxruntime_measures_on_the_device(sshd, tiny):
+    path, images, logits = tiny
+    rows = measure_target(
+        device(sshd),
+        "device.yaml",
+        [BenchModel("final", path, "fp32")],
+        PLAN,
+        images,
+        {"final": Reference(logits, "torch")},
+    )
+    (row,) = rows
+    assert row["status"] == "ok", row
+    assert row["check"]["passed"] and row["check"]["top1_agreement"] == 100.0
+    assert row["check"]["max_abs_diff"] < 1e-4 and row["iterations"] >= 20
+    assert row["machine"] == "fake-device (127.0.0.1)" and row["chosen"]
+    # the files went through SSH into the profile's work folder on the "device"
+    assert list(Path(sshd.workdir).glob("*/model.onnx")) and list(
+        Path(sshd.workdir).glob("*/result.json")
+    )
+
+
+def test_values_never_reach_the_remote_shell_unquoted(sshd, tmp_path):
+    remote = Remote(sshd)
+    marker = tmp_path / "pwned"
+    text = f"a b; touch {marker} $(touch {marker}) `touch {marker}` 'q' \"d\""
+    out = remote.run(["printf", "%s", text], timeout=20).stdout.decode()
+    assert out == text and not marker.exists()
+    remote.put(Path(__file__), str(tmp_path / "odd name; x.py"))
+    assert (tmp_path / "odd name; x.py").read_bytes() == Path(__file__).read_bytes()
+
+
+def test_unknown_host_key_is_refused_not_accepted(sshd, tiny):
+    wrong = sshd.known_hosts.replace("known_hosts", "wrong_known_hosts")
+    before = Path(wrong).read_text()
+    reason = unreachable(device(sshd, known_hosts=wrong), "device.yaml")
+    assert "host key" in reason and "does not accept unknown keys" in reason
+    assert Path(wrong).read_text() == before  # nothing was added to the file
+
+
+def test_unreachable_device_is_a_row_with_its_reason(sshd, tiny):
+    path, images, logits = tiny
+    closed = device(sshd, port=free_port())
+    rows = measure_target(
+        closed,
+        "device.yaml",
+        [BenchModel("final", path, "fp32")],
+        PLAN,
+        images,
+        {"final": Reference(logits, "torch")},
+    )
+    assert rows[0]["status"] == "skipped" and "connection refused" in rows[0]["reason"]
+
+
+def test_refused_key_and_failing_command_say_why(sshd, tmp_path):
+    stranger = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    assert (
+        "key authentication refused"
+        in Remote(sshd.model_copy(update={"key_file": str(stranger)})).probe()
+    )
+    with pytest.raises(RemoteError, match="exit 3"):
+        Remote(sshd).run(["sh", "-c", "exit 3"], timeout=20)
+
+
+def test_power_setup_failure_skips_the_target_with_reason(sshd, tiny):
+    path, images, logits = tiny
+    target = device(sshd).model_copy(update={"power": Power(nvpmodel=0)})
+    rows = measure_target(
+        target,
+        "device.yaml",
+        [BenchModel("final", path, "fp32")],
+        PLAN,
+        images,
+        {"final": Reference(logits, "torch")},
+    )
+    assert rows[0]["status"] == "skipped" and "power set-up failed" in rows[0]["reason"]
+    assert "nvpmodel" in rows[0]["reason"]
