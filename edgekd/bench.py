@@ -87,16 +87,25 @@ def bench_file(
 
     if not model.exists():
         raise EdgeKDError(f"model {model} not found")
-    images, source = check_images(model, inputs)
-    reference = Reference(logits_function(model)(images), "onnxruntime-cpu")
-    bench_model = BenchModel("model", model, file_precision(model))
+    profiles = []
+    for path in targets:
+        target = restrict(load_target(path), str(path), "runtimes", runtimes)
+        profiles.append((restrict(target, str(path), "precisions", precisions), str(path)))
+    try:
+        precision = file_precision(model)
+        images, source = check_images(model, inputs)
+        reference = Reference(logits_function(model)(images), "onnxruntime-cpu")
+    except EdgeKDError:
+        raise
+    except Exception as exc:  # onnx / onnxruntime say why the file is unusable
+        raise EdgeKDError(f"{model}: not a usable ONNX model ({str(exc)[:300]})") from None
+    bench_model = BenchModel("model", model, precision)
     plan = BenchPlan(protocol=protocol, batches=batches, workdir=workdir)
     rows = []
-    for path in targets:
-        target = load_target(path)
-        target = restrict(target, str(path), "runtimes", runtimes)
-        target = restrict(target, str(path), "precisions", precisions)
-        rows += measure_target(target, str(path), [bench_model], plan, images, {"model": reference})
+    for target, source_file in profiles:
+        rows += measure_target(
+            target, source_file, [bench_model], plan, images, {"model": reference}
+        )
     return {"model": str(model), "checked_on": source, "rows": rows}
 
 

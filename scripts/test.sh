@@ -2,6 +2,11 @@
 # README command 2: install everything, then lint, type-check and run the test suite.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+# The remote-device tests start a real OpenSSH server on 127.0.0.1 with throwaway keys.
+if [ ! -x /usr/sbin/sshd ] && ! command -v sshd >/dev/null 2>&1; then
+  apt_install openssh-server openssh-client ||
+    echo "edgekd: could not install openssh-server; the SSH tests will be skipped" >&2
+fi
 ruff format --check edgekd tests benchmarks
 ruff check edgekd tests benchmarks
 mypy

@@ -33,3 +33,29 @@ def test_help_lists_commands():
     assert proc.returncode == 0
     for command in ("run", "validate"):
         assert command in proc.stdout
+
+
+def test_targets_lists_every_profile_and_why_it_is_not_reachable(capsys):
+    assert main(["targets", "--no-probe"]) == 0
+    out = capsys.readouterr().out
+    for name in ("cpu-x86", "gpu", "jetson-orin-nano", "jetson-orin-nx", "jetson-agx-orin"):
+        assert f"{name} (targets/{name}.yaml)" in out
+    assert "cpu-x86 (targets/cpu-x86.yaml): ready" in out and "openvino: available" in out
+    assert (
+        "jetson-orin-nx (targets/jetson-orin-nx.yaml): not reachable: no device configured" in out
+    )
+
+
+def test_bench_refuses_a_runtime_the_profile_does_not_list(tmp_path, capsys):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"")
+    assert (
+        main(["bench", str(model), "--target", "targets/cpu-x86.yaml", "--runtime", "tensorrt"])
+        == 2
+    )
+    assert "targets/cpu-x86.yaml does not list runtimes tensorrt" in capsys.readouterr().err
+
+
+def test_deploy_of_a_folder_without_a_run_says_what_to_do(tmp_path, capsys):
+    assert main(["deploy", str(tmp_path), "--target", "targets/jetson-orin-nano.yaml"]) == 2
+    assert "run the pipeline first" in capsys.readouterr().err

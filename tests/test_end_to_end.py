@@ -3,6 +3,7 @@ OpenVINO; then a rerun that reuses everything, and the other stage order (prune 
 
 import json
 import shutil
+import tarfile
 from pathlib import Path
 
 import onnx
@@ -61,17 +62,79 @@ def test_exported_models_pass_checker_and_parity(smoke_run):
 def test_latency_rows_measured_or_skipped_with_reason(smoke_run):
     rows = json.loads((smoke_run / "05_bench" / "bench.json").read_text())["rows"]
     cpu = [r for r in rows if r["target"] == "cpu-x86"]
-    assert {(r["model"], r["runtime"]) for r in cpu if r["status"] == "ok"} == {
+    measured = {
         (m, rt) for m in ("teacher", "student_fp32", "final") for rt in ("onnxruntime", "openvino")
     }
-    for row in cpu:
+    measured |= {("teacher", "torch"), ("student_fp32", "torch")}  # eager PyTorch: FP32 only
+    assert {(r["model"], r["runtime"]) for r in cpu if r["status"] == "ok"} == measured
+    torch_int8 = next(r for r in cpu if r["model"] == "final" and r["runtime"] == "torch")
+    assert torch_int8["status"] == "skipped" and "fake quantizers" in torch_int8["reason"]
+    for row in (r for r in cpu if r["status"] == "ok"):
         assert row["iterations"] >= 20 and row["median_ms"] > 0 and row["threads"] >= 1
         assert row["median_ms"] <= row["p90_ms"] <= row["p99_ms"]
+        # every runtime was checked against eager PyTorch on real test images before timing
+        check = row["check"]
+        assert check["reference"] == "torch" and check["images"] == 500
+        assert check["passed"] == (check["top1_agreement"] >= check["min_top1_agreement"])
+        # FP32 differs from PyTorch by float reordering only; onnxruntime's INT8 passed the
+        # export stage's parity gate. OpenVINO's INT8 rounds differently and may flip near-ties
+        # of this barely trained model, so its verdict is only checked to follow the numbers.
+        if row["precision"] == "fp32" or row["runtime"] == "onnxruntime":
+            assert check["passed"], row
+    for model in ("teacher", "student_fp32", "final"):
+        ok = [r for r in cpu if r["model"] == model and r["status"] == "ok"]
+        (chosen,) = [r for r in ok if r.get("chosen")]
+        assert chosen["median_ms"] == min(r["median_ms"] for r in ok if r["check"]["passed"])
     jetson = [r for r in rows if r["target"] == "jetson-orin-nano"]
     assert jetson and all(
         r["status"] == "skipped" and "connection.host" in r["reason"] for r in jetson
     )
     assert all(r["status"] in ("skipped", "ok") for r in rows if r["target"] == "gpu")
+    report = json.loads((smoke_run / "report.json").read_text())
+    best = report["summary"]["final"]["best"]
+    final_chosen = next(r for r in cpu if r["model"] == "final" and r.get("chosen"))
+    assert (
+        best["runtime"] == final_chosen["runtime"]
+        and best["median_ms"] == final_chosen["median_ms"]
+    )
+
+
+def test_deploy_writes_a_bundle_and_tarball(smoke_run, tmp_path, capsys):
+    assert main(["deploy", str(smoke_run), "--target", "targets/jetson-orin-nano.yaml",
+                 "--out", str(tmp_path)]) == 0  # fmt: skip
+    bundle = tmp_path / "jetson-orin-nano"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    index = json.loads((smoke_run / "04_export" / "onnx" / "models.json").read_text())
+    final = next(m for m in index["models"] if m["role"] == "final")
+    assert (bundle / "model.onnx").read_bytes() == (
+        smoke_run / "04_export" / "onnx" / final["file"]
+    ).read_bytes()
+    assert (
+        manifest["model"]["precision"] == "int8"
+        and manifest["model"]["test_acc"] == final["test_acc"]
+    )
+    assert "--int8" in (bundle / "build.sh").read_text()
+    assert (bundle / "labels.txt").read_text().splitlines()[0] == "T-shirt/top"
+    assert (
+        json.loads((bundle / "preprocess.json").read_text())["std"] == index["preprocessing"]["std"]
+    )
+    with tarfile.open(tmp_path / "jetson-orin-nano.tar.gz") as tar:
+        assert "jetson-orin-nano/build.sh" in tar.getnames()
+    assert "tarball" in capsys.readouterr().out
+
+
+def test_bench_command_on_an_exported_model(smoke_run, tmp_path):
+    model = smoke_run / "04_export" / "onnx" / "student_fp32_fp32.onnx"
+    out = tmp_path / "rows.json"
+    args = ["--runtime", "openvino", "--batch", "1", "2", "--iterations", "10"]
+    args += ["--min-seconds", "0", "--out", str(out)]
+    code = main(["bench", str(model), "--target", "targets/cpu-x86.yaml", *args])
+    assert code == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["runtime"], r["batch"], r["status"]) for r in rows] == [
+        ("openvino", 1, "ok"), ("openvino", 2, "ok"),
+    ]  # fmt: skip
+    assert all(r["check"]["reference"] == "onnxruntime-cpu" and r["check"]["passed"] for r in rows)
 
 
 def test_rerun_reuses_every_finished_stage(smoke_run, capsys):

@@ -27,7 +27,7 @@ MODELS = [
 ]
 
 
-def row(model, runtime, median, status="ok", target="cpu-x86"):
+def row(model, runtime, median, status="ok", target="cpu-x86", passed=True):
     base = {
         "target": target,
         "kind": "local-cpu",
@@ -48,7 +48,14 @@ def row(model, runtime, median, status="ok", target="cpu-x86"):
         "ci95_ms": 0.0,
         "threads": 2,
         "iterations": 200,
-        "top1_agreement": 100.0,
+        "copies_included": False,
+        "check": {
+            "reference": "torch",
+            "images": 500,
+            "top1_agreement": 100.0 if passed else 90.0,
+            "max_abs_diff": 0.0,
+            "passed": passed,
+        },
     }
 
 
@@ -66,6 +73,11 @@ def test_fastest_ignores_skipped_rows():
     assert fastest(ROWS, "final", runtime="tensorrt") is None
 
 
+def test_fastest_never_takes_a_row_that_failed_its_check():
+    rows = [*ROWS, row("final", "onnxruntime-trt", 0.01, passed=False)]
+    assert fastest(rows, "final")["median_ms"] == 0.2
+
+
 def test_summary_ratios():
     s = summarize(MODELS, ROWS)
     assert s["ratios"] == {
@@ -75,7 +87,13 @@ def test_summary_ratios():
         "best_latency_vs_teacher_onnxruntime": 0.1,
     }
     assert s["accuracy_drop_pp"] == 1.5
-    assert s["teacher"]["best"] == {"target": "cpu-x86", "runtime": "openvino", "median_ms": 1.0}
+    assert s["teacher"]["best"] == {
+        "target": "cpu-x86",
+        "runtime": "openvino",
+        "precision": "fp32",
+        "batch": 1,
+        "median_ms": 1.0,
+    }
 
 
 def test_markdown_shows_measured_and_skipped_rows():

@@ -1,0 +1,290 @@
+"""Latency of every runtime × precision on this machine's CPU, with each row checked against
+eager PyTorch on real images before it is timed: the flagship's teacher, FP32 student and final
+INT8 student (28×28), and a MobileNetV2 ×1.0 at 224×224, where arithmetic rather than
+per-operator overhead sets the latency.
+
+Each INT8 model is measured twice: as NNCF exports it (`int8, as exported`: BatchNorm after every
+Conv, float biases, per-channel activation scales) and after edgekd's exact Q/DQ rewrite
+(`edgekd.export.qdq`), which is what `edgekd run` ships. Every configuration is measured
+`--repeats` times in fresh processes; the table gives the median of the repeats' medians and
+every repeat's median, because batch-1 latencies on a shared 2-core machine move between runs.
+
+    python benchmarks/runtimes.py [--run runs/mobilenet_jetson] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgekd.artifacts import read_json, write_text
+from edgekd.config.schema import TargetProfile
+from edgekd.runners.base import MeasureProtocol, cpu_name, default_threads
+from edgekd.runners.targets import BenchModel, BenchPlan, Reference, measure_target
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET_DOC = ROOT / "docs" / "benchmarks" / "runtimes.md"
+PROTOCOL = MeasureProtocol(warmup=50, iterations=500, min_seconds=2.0)
+CPU = TargetProfile(
+    name="cpu-x86",
+    kind="local-cpu",
+    runtimes=["onnxruntime", "openvino", "torch"],
+    precisions=["fp32", "int8"],
+)
+CHECK_IMAGES = {28: 500, 224: 100}
+
+
+def test_images(n: int, size: int, preprocessing: dict[str, Any]) -> np.ndarray:
+    """Real Fashion-MNIST test images, normalised as the pipeline does; at 224 they are resized
+    and repeated to three channels (there are no ImageNet images on this machine)."""
+    from edgekd.config.schema import DataConfig
+    from edgekd.data.datasets import load_splits
+
+    splits = load_splits(DataConfig(train_subset=1000, val_size=500, test_subset=n), seed=0)
+    x = splits.test.images.float() * preprocessing["scale"]
+    mean = torch.tensor(preprocessing["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(preprocessing["std"]).view(1, -1, 1, 1)
+    x = (x - mean) / std
+    if size != x.shape[-1]:
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear")
+        x = x.repeat(1, 3, 1, 1)
+    return x.numpy().astype(np.float32)
+
+
+def flagship_models(run: Path, work: Path) -> tuple[list[tuple[BenchModel, Reference]], np.ndarray]:
+    """The run's exported files with their PyTorch references, plus the final model re-exported
+    without the Q/DQ rewrite for comparison."""
+    from edgekd.export.onnx import export_onnx, store_int8_weights, torch_logits
+    from edgekd.models.io import load_model
+    from edgekd.quant import nncf_qat
+
+    onnx_dir = next(run.glob("*_export")) / "onnx"
+    index = read_json(onnx_dir / "models.json")
+    images = test_images(CHECK_IMAGES[28], 28, index["preprocessing"])
+    roles = {"teacher": "teacher", "student_fp32": "student", "final": "prune"}
+    out = []
+    for m in index["models"]:
+        folder = next(run.glob(f"*_{roles[m['role']]}")) / "model"
+        reference = np.load(onnx_dir / m["reference"]["file"])[: len(images)]
+        torch_dir = folder if m["precision"] == "fp32" else None
+        out.append(
+            (BenchModel(m["role"], onnx_dir / m["file"], m["precision"], torch_dir),
+             Reference(reference, "torch"))
+        )  # fmt: skip
+        if m["role"] == "final":
+            model, _ = load_model(folder)
+            example = torch.zeros(1, *images.shape[1:])
+            stripped = nncf_qat.strip(model, example)
+            plain = work / "final_int8_as_exported.onnx"
+            export_onnx(stripped, example, plain)
+            store_int8_weights(plain)
+            expected = torch_logits(stripped, torch.from_numpy(images))
+            out.append(
+                (BenchModel("final (as exported)", plain, "int8"), Reference(expected, "torch"))
+            )
+    return out, images
+
+
+def mobilenet_models(work: Path) -> tuple[list[tuple[BenchModel, Reference]], np.ndarray]:
+    """MobileNetV2 ×1.0 (torchvision's), 224×224×3, 1000 classes: FP32, NNCF INT8 (PTQ on real
+    images) as exported, and after the Q/DQ rewrite. Random weights with BatchNorm statistics
+    from real images: latency does not depend on the weights' values."""
+    import nncf
+
+    from edgekd.export.onnx import export_onnx, store_int8_weights, torch_logits
+    from edgekd.export.qdq import optimize_qdq
+    from edgekd.models import zoo
+    from edgekd.models.io import save_model
+    from edgekd.models.specs import ModelSpec
+    from edgekd.quant import nncf_qat
+
+    pre = {"scale": 1 / 255, "mean": [0.2859], "std": [0.3529]}
+    images = test_images(CHECK_IMAGES[224], 224, pre)
+    calib = test_images(64, 224, pre)
+    torch.manual_seed(0)
+    spec = ModelSpec(arch="mobilenetv2", width=1.0, stem_stride=2)  # torchvision's, ×1.0
+    model = zoo.build(spec, 3, 1000)
+    model.train()
+    with torch.no_grad():  # BatchNorm statistics from real images, so folding is not trivial
+        for i in range(0, len(calib), 16):
+            model(torch.from_numpy(calib[i : i + 16]))
+    model.eval()
+    example = torch.zeros(1, 3, 224, 224)
+    fp32 = work / "mobilenetv2_224_fp32.onnx"
+    export_onnx(model, example, fp32)
+    batches = [torch.from_numpy(calib[i : i + 16]) for i in range(0, len(calib), 16)]
+    quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(calib))
+    stripped = nncf_qat.strip(quantized, example)
+    plain = work / "mobilenetv2_224_int8_as_exported.onnx"
+    export_onnx(stripped, example, plain)
+    store_int8_weights(plain)
+    optimized = work / "mobilenetv2_224_int8.onnx"
+    optimize_qdq(plain, optimized)
+    x = torch.from_numpy(images)
+    fp32_ref = Reference(torch_logits(model, x), "torch")
+    int8_ref = Reference(torch_logits(stripped, x), "torch")
+    folder = work / "mobilenetv2_fp32_model"
+    save_model(model, folder, {"spec": spec.model_dump(), "in_channels": 3, "num_classes": 1000})
+    return [
+        (BenchModel("MobileNetV2 fp32", fp32, "fp32", folder), fp32_ref),
+        (BenchModel("MobileNetV2 int8 (as exported)", plain, "int8"), int8_ref),
+        (BenchModel("MobileNetV2 int8", optimized, "int8"), int8_ref),
+    ], images
+
+
+def measure(
+    models: list[tuple[BenchModel, Reference]], images: np.ndarray, repeats: int
+) -> list[dict[str, Any]]:
+    """One row per model × runtime × precision with the median of `repeats` medians."""
+    plan = BenchPlan(protocol=PROTOCOL, batches=[1])
+    runs: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for _ in range(repeats):
+        for model, reference in models:
+            for row in measure_target(
+                CPU, "cpu-x86", [model], plan, images, {model.role: reference}
+            ):
+                runs.setdefault((row["model"], row["runtime"], row["precision"]), []).append(row)
+    rows = []
+    for (model, runtime, precision), group in runs.items():
+        ok = [r for r in group if r["status"] == "ok"]
+        if not ok:
+            rows.append({"model": model, "runtime": runtime, "precision": precision,
+                         "status": group[0]["status"], "reason": group[0]["reason"]})  # fmt: skip
+            continue
+        medians = [r["median_ms"] for r in ok]
+        rows.append(
+            {
+                "model": model,
+                "runtime": runtime,
+                "precision": precision,
+                "status": "ok",
+                "median_ms": statistics.median(medians),
+                "medians": medians,
+                "p90_ms": statistics.median(r["p90_ms"] for r in ok),
+                "runs": sum(r["iterations"] for r in ok),
+                "top1": ok[0]["check"]["top1_agreement"],
+                "max_abs_diff": ok[0]["check"]["max_abs_diff"],
+                "passed": all(r["check"]["passed"] for r in ok),
+                "threads": ok[0]["threads"],
+                "versions": ok[0]["versions"],
+            }
+        )
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| model | runtime | precision | median ms | repeats' medians | p90 ms | runs | "
+        "top-1 vs PyTorch % | max abs diff | check |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r["status"] != "ok":
+            lines.append(
+                f"| {r['model']} | {r['runtime']} | {r['precision']} | – | – | – | – | – | – | "
+                f"{r['status']}: {r['reason']} |"
+            )
+            continue
+        lines.append(
+            f"| {r['model']} | {r['runtime']} | {r['precision']} | **{r['median_ms']:.3f}** | "
+            f"{', '.join(f'{m:.3f}' for m in r['medians'])} | {r['p90_ms']:.3f} | {r['runs']} | "
+            f"{r['top1']:.1f} | {r['max_abs_diff']:.3g} | {'pass' if r['passed'] else 'FAIL'} |"
+        )
+    return lines
+
+
+def best(rows: list[dict[str, Any]], model: str, precision: str | None = None) -> dict | None:
+    ok = [
+        r for r in rows
+        if r["status"] == "ok" and r["passed"] and r["model"] == model
+        and (precision is None or r["precision"] == precision)
+    ]  # fmt: skip
+    return min(ok, key=lambda r: r["median_ms"]) if ok else None
+
+
+def describe(r: dict | None) -> str:
+    return f"{r['median_ms']:.3f} ms ({r['runtime']}, {r['precision']})" if r else "–"
+
+
+def render(flag: list[dict], mnv2: list[dict], repeats: int, wall: float) -> str:
+    teacher, student = best(flag, "teacher"), best(flag, "student_fp32")
+    final, plain = best(flag, "final"), best(flag, "final (as exported)")
+    m_fp32 = best(mnv2, "MobileNetV2 fp32")
+    m_int8, m_plain = best(mnv2, "MobileNetV2 int8"), best(mnv2, "MobileNetV2 int8 (as exported)")
+    versions = {k: v for r in flag + mnv2 if r["status"] == "ok" for k, v in r["versions"].items()}
+
+    def ratio(a: dict | None, b: dict | None) -> str:
+        return f"×{b['median_ms'] / a['median_ms']:.2f}" if a and b else "–"
+
+    def met(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    goal_224 = bool(m_int8 and m_fp32 and m_fp32["median_ms"] >= 1.3 * m_int8["median_ms"])
+    goal_28 = bool(final and student and final["median_ms"] <= student["median_ms"])
+    lines = [
+        "# Runtimes × precisions on this machine's CPU",
+        "",
+        f"Measured by `python benchmarks/runtimes.py --repeats {repeats}` on {cpu_name()} "
+        f"({default_threads()} cores, no GPU), {now}, "
+        f"in {wall / 60:.1f} min. Batch 1, {default_threads()} threads, each measurement in a "
+        f"fresh process pinned to those cores: {PROTOCOL.warmup} warm-up runs, then at least "
+        f"{PROTOCOL.iterations} runs and {PROTOCOL.min_seconds:g} s. **median ms** is the median "
+        f"of the {repeats} repeats' medians. Every row's outputs were compared with eager PyTorch "
+        f"on real Fashion-MNIST test images before timing ({CHECK_IMAGES[28]} at 28×28; "
+        f"{CHECK_IMAGES[224]} resized to 224×224×3); a row passes at ≥ 99.5 % top-1 agreement "
+        f"for FP32 and ≥ 99 % for INT8. Versions: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
+        + ".",
+        "",
+        "## Flagship models, 28×28×1 (`runs/mobilenet_jetson`)",
+        "",
+        *table(flag),
+        "",
+        f"- chosen for the teacher: {describe(teacher)}; for the FP32 student: "
+        f"{describe(student)}; for the final INT8 student: {describe(final)}.",
+        f"- speed-up of the final model over the teacher (chosen rows): {ratio(final, teacher)}.",
+        f"- the Q/DQ rewrite: the final model as NNCF exports it runs at best in "
+        f"{describe(plain)}; rewritten, {describe(final)}.",
+        f"- goal, INT8 at least as fast as the best FP32 row of the same student: "
+        f"{describe(final)} vs {describe(student)} — {met(goal_28)}.",
+        "",
+        "## MobileNetV2 ×1.0, 224×224×3, 1000 classes",
+        "",
+        *table(mnv2),
+        "",
+        f"- best FP32: {describe(m_fp32)}; best INT8: {describe(m_int8)} "
+        f"(as exported: {describe(m_plain)}); INT8 speed-up {ratio(m_int8, m_fp32)}.",
+        f"- goal, best INT8 ≥ 1.3× faster than the best FP32: {met(goal_224)}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, default=ROOT / "runs" / "mobilenet_jetson")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    start = time.time()
+    with tempfile.TemporaryDirectory(prefix="edgekd-runtimes-") as tmp:
+        work = Path(tmp)
+        flag_models, flag_images = flagship_models(args.run, work)
+        flag = measure(flag_models, flag_images, args.repeats)
+        mnv2_models, mnv2_images = mobilenet_models(work)
+        mnv2 = measure(mnv2_models, mnv2_images, args.repeats)
+    write_text(TARGET_DOC, render(flag, mnv2, args.repeats, time.time() - start))
+    print(TARGET_DOC.read_text())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
