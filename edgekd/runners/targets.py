@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +188,7 @@ def _measure_one(
 ) -> dict[str, Any]:
     runtime, precision, batch = row["runtime"], row["precision"], row["batch"]
     device = DEVICE[target.kind]
-    protocol = MeasureProtocol(**{**plan.protocol.__dict__, "batch": batch})
+    protocol = replace(plan.protocol, batch=batch)
     threads = plan.protocol.threads or target.threads or default_threads()
     fixed = fixed_batch(model.path)
     job = Job(

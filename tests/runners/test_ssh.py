@@ -186,3 +186,54 @@ def test_power_setup_failure_skips_the_target_with_reason(sshd, tiny):
     )
     assert rows[0]["status"] == "skipped" and "power set-up failed" in rows[0]["reason"]
     assert "nvpmodel" in rows[0]["reason"]
+
+
+@pytest.fixture()
+def trtexec_device(sshd, tmp_path):
+    """The SSH "device" with a stand-in trtexec (tests/runners/fake_trtexec.py): the real one
+    needs an NVIDIA GPU. It writes trtexec's formats, with outputs from onnxruntime."""
+    tool = tmp_path / "trtexec"
+    tool.write_text(
+        f"#!{sys.executable}\n" + (Path(__file__).parent / "fake_trtexec.py").read_text()
+    )
+    tool.chmod(0o755)
+    conn = sshd.model_copy(update={"trtexec": str(tool), "workdir": str(tmp_path / "device")})
+    target = device(conn).model_copy(update={"runtimes": ["tensorrt"]})
+    return target, tmp_path
+
+
+def test_remote_tensorrt_builds_on_the_device_checks_and_times(trtexec_device, tiny):
+    target, folder = trtexec_device
+    path, images, logits = tiny
+    plan = BenchPlan(protocol=MeasureProtocol(warmup=1, iterations=30, min_seconds=0), batches=[1])
+    ref = {"final": Reference(logits, "torch")}
+    (row,) = measure_target(
+        target, "d.yaml", [BenchModel("final", path, "int8")], plan, images, ref
+    )
+    assert row["status"] == "ok", row
+    assert row["check"]["passed"] and row["check"]["images"] == len(images)  # 30 = 1 chunk
+    assert row["iterations"] == 30 and row["copies_included"]
+    engine = row["extra"]["engine"]
+    assert engine["tensorrt"] == "10.3.0" and engine["gpu"] == "Orin"
+    assert engine["builder_flags"] == ["INT8", "FP16"]
+    assert row["extra"]["trtexec_summary"]["Latency"]["median"] > 0
+    (built,) = (folder / "device").glob("*/build.sh")
+    assert "--int8" in built.read_text()
+
+    # the same engine on a "device" whose TensorRT was upgraded is refused, not run
+    (folder / "FAKE_TRT_VERSION").write_text("10.7.0")
+    (row,) = measure_target(
+        target, "d.yaml", [BenchModel("final", path, "int8")], plan, images, ref
+    )
+    assert row["status"] == "failed" and "tensorrt '10.3.0' (device now '10.7.0')" in row["reason"]
+
+
+def test_remote_tensorrt_checks_in_chunks_the_engine_accepts(trtexec_device, tiny):
+    target, _ = trtexec_device
+    target = target.model_copy(update={"precisions": ["fp16"]})  # FP16 built from an FP32 file
+    path, images, logits = tiny
+    many = np.concatenate([images] * 5)  # 150 images > the engine's largest batch (100)
+    plan = BenchPlan(protocol=MeasureProtocol(warmup=1, iterations=10, min_seconds=0), batches=[1])
+    ref = {"final": Reference(np.concatenate([logits] * 5), "torch")}
+    (row,) = measure_target(target, "d.yaml", [BenchModel("final", path, "fp32")], plan, many, ref)
+    assert row["status"] == "ok" and row["precision"] == "fp16" and row["check"]["images"] == 150
