@@ -60,37 +60,25 @@ def test_images(n: int, size: int, preprocessing: dict[str, Any]) -> np.ndarray:
     return x.numpy().astype(np.float32)
 
 
-def flagship_models(run: Path, work: Path) -> tuple[list[tuple[BenchModel, Reference]], np.ndarray]:
-    """The run's exported files with their PyTorch references, plus the final model re-exported
-    without the Q/DQ rewrite for comparison."""
-    from edgekd.export.onnx import export_onnx, store_int8_weights, torch_logits
-    from edgekd.models.io import load_model
-    from edgekd.quant import nncf_qat
-
+def flagship_models(run: Path) -> tuple[list[tuple[BenchModel, Reference]], np.ndarray]:
+    """The run's exported files with their PyTorch references; the final model also as NNCF
+    exported it (the file TensorRT gets), before edgekd's Q/DQ rewrite."""
     onnx_dir = next(run.glob("*_export")) / "onnx"
     index = read_json(onnx_dir / "models.json")
     images = test_images(CHECK_IMAGES[28], 28, index["preprocessing"])
     roles = {"teacher": "teacher", "student_fp32": "student", "final": "prune"}
     out = []
     for m in index["models"]:
-        folder = next(run.glob(f"*_{roles[m['role']]}")) / "model"
-        reference = np.load(onnx_dir / m["reference"]["file"])[: len(images)]
-        torch_dir = folder if m["precision"] == "fp32" else None
+        reference = Reference(np.load(onnx_dir / m["reference"]["file"])[: len(images)], "torch")
+        torch_dir = next(run.glob(f"*_{roles[m['role']]}")) / "model"
+        if m["precision"] != "fp32":
+            torch_dir = None  # eager INT8 is fake quantization: no torch row
         out.append(
-            (BenchModel(m["role"], onnx_dir / m["file"], m["precision"], torch_dir),
-             Reference(reference, "torch"))
-        )  # fmt: skip
-        if m["role"] == "final":
-            model, _ = load_model(folder)
-            example = torch.zeros(1, *images.shape[1:])
-            stripped = nncf_qat.strip(model, example)
-            plain = work / "final_int8_as_exported.onnx"
-            export_onnx(stripped, example, plain)
-            store_int8_weights(plain)
-            expected = torch_logits(stripped, torch.from_numpy(images))
-            out.append(
-                (BenchModel("final (as exported)", plain, "int8"), Reference(expected, "torch"))
-            )
+            (BenchModel(m["role"], onnx_dir / m["file"], m["precision"], torch_dir), reference)
+        )
+        if m.get("file_tensorrt"):
+            plain = BenchModel("final (as exported)", onnx_dir / m["file_tensorrt"], m["precision"])
+            out.append((plain, reference))
     return out, images
 
 
@@ -278,7 +266,7 @@ def main() -> None:
     start = time.time()
     with tempfile.TemporaryDirectory(prefix="edgekd-runtimes-") as tmp:
         work = Path(tmp)
-        flag_models, flag_images = flagship_models(args.run, work)
+        flag_models, flag_images = flagship_models(args.run)
         flag = measure(flag_models, flag_images, args.repeats)
         mnv2_models, mnv2_images = mobilenet_models(work)
         mnv2 = measure(mnv2_models, mnv2_images, args.repeats)

@@ -57,6 +57,8 @@ def bundle(run_dir: Path, target: TargetProfile, source: str, out: Path) -> Path
     """Write the bundle folder `out` (atomically) and return it."""
     onnx_dir, index, final = find_export(run_dir)
     model = onnx_dir / final["file"]
+    if "tensorrt" in target.runtimes and final.get("file_tensorrt"):
+        model = onnx_dir / final["file_tensorrt"]  # TensorRT folds and fuses Q/DQ itself
     name, dims = onnx_input(model)
     scripts = recipes(target, final["precision"], name, dims[1:])
     with atomic_path(out) as tmp:

@@ -35,6 +35,7 @@ RUNNER_MODULES = {
     "torch": "edgekd.runners.torch_eager",
 }
 DEVICE = {"local-cpu": "cpu", "local-gpu": "cuda", "remote-ssh": "remote"}
+TENSORRT_RUNTIMES = ("tensorrt", "onnxruntime-trt")
 # Least top-1 agreement (%) with the reference for a row to pass. FP32 differs from PyTorch only
 # by float reordering; FP16 and INT8 may flip the rare image whose top two logits are close
 # (STYLE.md: INT8 top-1 agrees with FP32 on ≥ 99 % of real test images).
@@ -48,6 +49,7 @@ class BenchModel:
     path: Path  # the ONNX file
     precision: str  # the file's precision: fp32, or int8 for a Q/DQ file
     torch_dir: Path | None = None  # the model folder the torch runner runs, when there is one
+    tensorrt_path: Path | None = None  # the Q/DQ file as exported, for TensorRT (see export)
 
 
 @dataclass(frozen=True)
@@ -191,8 +193,13 @@ def _measure_one(
     protocol = replace(plan.protocol, batch=batch)
     threads = plan.protocol.threads or target.threads or default_threads()
     fixed = fixed_batch(model.path)
+    path = model.path
+    if runtime == "torch" and model.torch_dir is not None:
+        path = model.torch_dir
+    elif runtime in TENSORRT_RUNTIMES and model.tensorrt_path is not None:
+        path = model.tensorrt_path
     job = Job(
-        model=model.torch_dir if runtime == "torch" and model.torch_dir else model.path,
+        model=path,
         precision=precision,
         threads=threads,
         device=device,

@@ -80,7 +80,8 @@ class BenchStage(Stage):
             else:  # an ONNX teacher: no PyTorch model exists, the file is its own reference
                 torch_dir = None
                 references[m["role"]] = Reference(onnx_logits(path, images), "onnxruntime-cpu")
-            models.append(BenchModel(m["role"], path, m["precision"], torch_dir))
+            tensorrt = onnx_dir / m["file_tensorrt"] if m.get("file_tensorrt") else None
+            models.append(BenchModel(m["role"], path, m["precision"], torch_dir, tensorrt))
         plan = BenchPlan(
             protocol=MeasureProtocol(
                 cfg.warmup, cfg.iterations, cfg.min_seconds, cfg.batch[0], cfg.threads

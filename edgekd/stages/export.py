@@ -64,6 +64,7 @@ class ExportStage(Stage):
             store_int8_weights,
             torch_logits,
         )
+        from edgekd.export.qdq import optimize_qdq
         from edgekd.models import zoo
         from edgekd.models.io import file_bytes, load_model
         from edgekd.quant import nncf_qat
@@ -89,11 +90,25 @@ class ExportStage(Stage):
             if precision == "int8":
                 model = nncf_qat.strip(model, example)
             path = out / f"{role}_{precision}.onnx"
-            export_onnx(model, example, path)
-            if precision == "int8":
-                store_int8_weights(path)
             check_images = test_images[: cfg.parity_images]
             expected = torch_logits(model, check_images)
+            portable = None
+            if precision == "int8":
+                # Two files: NNCF's Q/DQ graph as exported, for TensorRT (which folds BatchNorm
+                # and fuses Q/DQ itself, and takes only int8 zero-point-0 tensors), and the
+                # same model rewritten so CPU runtimes run it on integer kernels (export/qdq.py).
+                portable = out / f"{role}_{precision}_qdq.onnx"
+                export_onnx(model, example, portable)
+                store_int8_weights(portable)
+                require_parity(
+                    portable.name,
+                    parity(portable, model, check_images, expected),
+                    cfg.tolerance[precision],
+                )
+                rewrites = optimize_qdq(portable, path)
+                ctx.metrics["qdq_rewrites"] = {k: v for k, v in rewrites.items() if v}
+            else:
+                export_onnx(model, example, path)
             check = parity(path, model, check_images, expected)
             # eager PyTorch outputs, kept as the reference the bench stage checks runtimes with
             reference = out / f"reference_{role}.npy"
@@ -116,6 +131,7 @@ class ExportStage(Stage):
                 "test_images": len(splits.test),
                 "parity": check,
                 "reference": {"file": reference.name, "images": len(check_images)},
+                "file_tensorrt": portable.name if portable else None,
             }
             index.append(entry)
             ctx.metrics[f"{role}_{precision}_test_acc"] = entry["test_acc"]
@@ -157,6 +173,7 @@ class ExportStage(Stage):
             "test_images": len(splits.test),
             "parity": None,
             "reference": None,  # the file is its own reference (checked with onnxruntime)
+            "file_tensorrt": None,
         }
         ctx.metrics[f"{role}_fp32_test_acc"] = entry["test_acc"]
         ctx.log(f"{path.name}: the given ONNX teacher, onnxruntime test accuracy {accuracy:.2f}%")
