@@ -79,8 +79,8 @@ def chosen_lines(rows: list[dict[str, Any]]) -> list[str]:
             verdict = (
                 "INT8 pays off here"
                 if ratio >= 1
-                else "the FP32 student is faster here: per-operator overhead, not arithmetic, "
-                "sets latency at this size"
+                else "the FP32 student is faster here; at small inputs per-operator cost, not "
+                "arithmetic, sets the latency (docs/benchmarks/runtimes.md)"
             )
             text += (
                 f"; the FP32 student's fastest is {fp32[0]['median_ms']:.3f} ms in "

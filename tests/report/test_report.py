@@ -124,3 +124,17 @@ def test_markdown_shows_measured_and_skipped_rows():
         "| final | int8 | 91.50 | 100 | 1,000 | 400 | 0.800 | 0.200 ms (openvino, cpu-x86) |"
         in text
     )
+
+
+def test_chosen_lines_say_which_precision_won():
+    from edgekd.report.markdown import chosen_lines
+
+    rows = [
+        {**row("student_fp32", "onnxruntime", 0.07), "chosen": True},
+        {**row("final", "openvino", 0.10), "precision": "int8", "chosen": True},
+    ]
+    (text,) = [line for line in chosen_lines(rows) if line.startswith("- cpu-x86")]
+    assert "int8 in openvino, 0.100 ms" in text and "×0.70" in text
+    assert "the FP32 student is faster here" in text
+    rows[0]["median_ms"] = 0.2
+    assert "INT8 pays off here" in chosen_lines(rows)[-1]
