@@ -2,6 +2,7 @@
 "device" runs edgekd's measuring entry point with onnxruntime, host keys are checked, values are
 never interpreted by the remote shell, and an unreachable device is a row with its reason."""
 
+import json
 import shutil
 import socket
 import subprocess
@@ -237,3 +238,29 @@ def test_remote_tensorrt_checks_in_chunks_the_engine_accepts(trtexec_device, tin
     ref = {"final": Reference(np.concatenate([logits] * 5), "torch")}
     (row,) = measure_target(target, "d.yaml", [BenchModel("final", path, "fp32")], plan, many, ref)
     assert row["status"] == "ok" and row["precision"] == "fp16" and row["check"]["images"] == 150
+
+
+def test_deploy_pushes_the_bundle_and_builds_it_on_the_device(trtexec_device, tiny):
+    from edgekd.artifacts import write_json
+    from edgekd.deploy import deploy
+
+    target, folder = trtexec_device
+    path, _, _ = tiny
+    onnx_dir = folder / "run" / "04_export" / "onnx"
+    onnx_dir.mkdir(parents=True)
+    (onnx_dir / "final_fp32.onnx").write_bytes(path.read_bytes())
+    final = {"role": "final", "file": "final_fp32.onnx", "precision": "fp32", "test_acc": 50.0}
+    pre = {"layout": "NCHW", "channels": 1, "size": [28, 28], "scale": 1 / 255}
+    write_json(
+        onnx_dir / "models.json",
+        {"models": [final], "preprocessing": {**pre, "mean": [0.5], "std": [0.5]},
+         "classes": [str(i) for i in range(10)]},
+    )  # fmt: skip
+    target = target.model_copy(update={"precisions": ["fp16"]})
+    result = deploy(folder / "run", target, "d.yaml", None)
+    assert result["pushed"] and result["engine"]["tensorrt"] == "10.3.0"
+    on_device = Path(result["remote_dir"])
+    assert (on_device / "model.onnx").read_bytes() == path.read_bytes()
+    assert (on_device / "model.fp16.engine").exists()  # build.sh ran there
+    assert "--fp16" in (on_device / "build.sh").read_text()
+    assert json.loads((on_device / "manifest.json").read_text())["model"]["precision"] == "fp32"
