@@ -151,6 +151,31 @@ def time_calls(call: Callable[[], object], protocol: MeasureProtocol) -> list[fl
     return times
 
 
+def job_stats(
+    times: list[float],
+    runtime: str,
+    job: Job,
+    protocol: MeasureProtocol,
+    batch: int,
+    copies_included: bool,
+    versions: dict[str, str],
+    extra: dict[str, Any] | None = None,
+) -> LatencyStats:
+    """`summarize` for a runner's timed calls of `job` (the fields every local runner fills)."""
+    return summarize(
+        times,
+        runtime=runtime,
+        device=job.device,
+        precision=job.precision,
+        batch=batch,
+        threads=job.threads,
+        warmup=protocol.warmup,
+        copies_included=copies_included,
+        versions=versions,
+        extra=extra or {},
+    )
+
+
 def summarize(times: list[float], **fields: Any) -> LatencyStats:
     arr = np.asarray(times)
     sem = statistics.stdev(times) / len(times) ** 0.5 if len(times) > 1 else 0.0

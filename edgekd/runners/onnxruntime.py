@@ -13,8 +13,8 @@ from edgekd.runners.base import (
     Job,
     LatencyStats,
     MeasureProtocol,
+    job_stats,
     missing,
-    summarize,
     time_calls,
 )
 
@@ -70,15 +70,13 @@ class OnnxRuntimeRunner:
         ort_session, job = session["session"], session["job"]
         feed = {ort_session.get_inputs()[0].name: inputs}
         times = time_calls(lambda: ort_session.run(None, feed), protocol)
-        return summarize(
+        # numpy in, numpy out: on a GPU every timed run includes both copies
+        return job_stats(
             times,
-            runtime=self.name,
-            device=job.device,
-            precision=job.precision,
-            batch=inputs.shape[0],
-            threads=job.threads,
-            warmup=protocol.warmup,
-            # numpy in, numpy out: on a GPU every timed run includes both copies
+            self.name,
+            job,
+            protocol,
+            inputs.shape[0],
             copies_included=job.device == "cuda",
             versions={"onnxruntime": ort.__version__},
             extra={"providers": ort_session.get_providers()},

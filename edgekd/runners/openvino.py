@@ -11,8 +11,8 @@ from edgekd.runners.base import (
     Job,
     LatencyStats,
     MeasureProtocol,
+    job_stats,
     missing,
-    summarize,
     time_calls,
 )
 
@@ -57,14 +57,12 @@ class OpenVINORunner:
 
         request, job = session["request"], session["job"]
         times = time_calls(lambda: request.infer({0: inputs}), protocol)
-        return summarize(
+        return job_stats(
             times,
-            runtime=self.name,
-            device="cpu",
-            precision=job.precision,
-            batch=inputs.shape[0],
-            threads=job.threads,
-            warmup=protocol.warmup,
+            self.name,
+            job,
+            protocol,
+            inputs.shape[0],
             copies_included=False,
             versions={"openvino": ov.__version__},
         )

@@ -23,8 +23,8 @@ from edgekd.runners.base import (
     Job,
     LatencyStats,
     MeasureProtocol,
+    job_stats,
     missing,
-    summarize,
     time_calls,
 )
 
@@ -250,14 +250,12 @@ class TensorRTRunner:
 
         times = time_calls(call, protocol)
         job = session["job"]
-        return summarize(
+        return job_stats(
             times,
-            runtime=self.name,
-            device="cuda",
-            precision=job.precision,
-            batch=inputs.shape[0],
-            threads=job.threads,
-            warmup=protocol.warmup,
+            self.name,
+            job,
+            protocol,
+            inputs.shape[0],
             copies_included=False,  # inputs stay on the GPU; enqueue + execution are timed
             versions={"tensorrt": trt.__version__, "torch": torch.__version__},
             extra={"engine": session["manifest"]},

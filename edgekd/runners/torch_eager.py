@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekd.runners.base import RUNNERS, Job, LatencyStats, MeasureProtocol, summarize, time_calls
+from edgekd.runners.base import RUNNERS, Job, LatencyStats, MeasureProtocol, job_stats, time_calls
 
 
 @RUNNERS.register("torch")
@@ -57,14 +57,12 @@ class TorchRunner:
             sync()
 
         times = time_calls(call, protocol)
-        return summarize(
+        return job_stats(
             times,
-            runtime=self.name,
-            device=job.device,
-            precision=job.precision,
-            batch=inputs.shape[0],
-            threads=job.threads,
-            warmup=protocol.warmup,
+            self.name,
+            job,
+            protocol,
+            inputs.shape[0],
             copies_included=False,
             versions={"torch": torch.__version__},
         )
