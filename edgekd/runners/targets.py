@@ -102,10 +102,10 @@ def fixed_batch(path: Path) -> int | None:
 
 
 def variants(
-    target: TargetProfile, model: BenchModel, batches: list[int]
+    target: TargetProfile, model: BenchModel, batches: list[int], fixed: int | None
 ) -> Iterator[tuple[dict[str, Any], str | None]]:
-    """(row key, reason it is skipped or None) for every runtime × precision × batch."""
-    fixed = fixed_batch(model.path)
+    """(row key, reason it is skipped or None) for every runtime × precision × batch; `fixed` is
+    the file's fixed batch size, if it has one."""
     for runtime in target.runtimes:
         row = {"model": model.role, "runtime": runtime}
         first = {**row, "precision": model.precision, "batch": batches[0]}
@@ -159,12 +159,16 @@ def measure_target(
         reason, notes = _power_up(target)
     rows: list[dict[str, Any]] = []
     for model in models:
-        for key, skip in variants(target, model, plan.batches):
+        fixed = fixed_batch(model.path)
+        for key, skip in variants(target, model, plan.batches, fixed):
             row = {**base, **key}
             if reason is not None or skip is not None:
                 rows.append({**row, "status": "skipped", "reason": reason or skip})
                 continue
-            result = _measure_one(target, model, row, plan, images, references[model.role])
+            max_batch = fixed or max(row["batch"], min(CHECK_CHUNK, len(images)))
+            result = _measure_one(
+                target, model, row, plan, images, references[model.role], max_batch
+            )
             rows.append({**row, **result, **({"power_setup": notes} if notes else {})})
     choose(rows)
     return rows
@@ -187,12 +191,12 @@ def _measure_one(
     plan: BenchPlan,
     images: np.ndarray,
     reference: Reference,
+    max_batch: int,
 ) -> dict[str, Any]:
     runtime, precision, batch = row["runtime"], row["precision"], row["batch"]
     device = DEVICE[target.kind]
     protocol = replace(plan.protocol, batch=batch)
     threads = plan.protocol.threads or target.threads or default_threads()
-    fixed = fixed_batch(model.path)
     path = model.path
     if runtime == "torch" and model.torch_dir is not None:
         path = model.torch_dir
@@ -204,7 +208,7 @@ def _measure_one(
         threads=threads,
         device=device,
         workdir=plan.workdir,
-        max_batch=fixed or max(batch, min(CHECK_CHUNK, len(images))),
+        max_batch=max_batch,
     )
     try:
         if device == "remote":

@@ -59,7 +59,6 @@ class BenchStage(Stage):
         import numpy as np
 
         from edgekd.data.datasets import normalize
-        from edgekd.export.onnx import onnx_logits
         from edgekd.runners.base import MeasureProtocol
         from edgekd.runners.targets import BenchModel, BenchPlan, Reference, measure_target
         from edgekd.stages import context
@@ -79,7 +78,8 @@ class BenchStage(Stage):
                 references[m["role"]] = Reference(outputs, "torch")
             else:  # an ONNX teacher: no PyTorch model exists, the file is its own reference
                 torch_dir = None
-                references[m["role"]] = Reference(onnx_logits(path, images), "onnxruntime-cpu")
+                outputs = context.onnx_predict(path, images).numpy()
+                references[m["role"]] = Reference(outputs, "onnxruntime-cpu")
             tensorrt = onnx_dir / m["file_tensorrt"] if m.get("file_tensorrt") else None
             models.append(BenchModel(m["role"], path, m["precision"], torch_dir, tensorrt))
         plan = BenchPlan(

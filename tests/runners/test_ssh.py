@@ -110,16 +110,17 @@ def tiny(tmp_path_factory):
     return path, images, logits
 
 
-def test_remote_onnxruntime_measures_on_the_device(sshd, tiny):
+def measure_fp32(target: TargetProfile, tiny) -> list[dict]:
+    """The rows of the tiny FP32 model on `target`, checked against its PyTorch logits."""
     path, images, logits = tiny
-    rows = measure_target(
-        device(sshd),
-        "device.yaml",
-        [BenchModel("final", path, "fp32")],
-        PLAN,
-        images,
-        {"final": Reference(logits, "torch")},
+    ref = {"final": Reference(logits, "torch")}
+    return measure_target(
+        target, "device.yaml", [BenchModel("final", path, "fp32")], PLAN, images, ref
     )
+
+
+def test_remote_onnxruntime_measures_on_the_device(sshd, tiny):
+    rows = measure_fp32(device(sshd), tiny)
     (row,) = rows
     assert row["status"] == "ok", row
     assert row["check"]["passed"] and row["check"]["top1_agreement"] == 100.0
@@ -150,16 +151,8 @@ def test_unknown_host_key_is_refused_not_accepted(sshd, tiny):
 
 
 def test_unreachable_device_is_a_row_with_its_reason(sshd, tiny):
-    path, images, logits = tiny
     closed = device(sshd, port=free_port())
-    rows = measure_target(
-        closed,
-        "device.yaml",
-        [BenchModel("final", path, "fp32")],
-        PLAN,
-        images,
-        {"final": Reference(logits, "torch")},
-    )
+    rows = measure_fp32(closed, tiny)
     assert rows[0]["status"] == "skipped" and "connection refused" in rows[0]["reason"]
 
 
@@ -175,16 +168,8 @@ def test_refused_key_and_failing_command_say_why(sshd, tmp_path):
 
 
 def test_power_setup_failure_skips_the_target_with_reason(sshd, tiny):
-    path, images, logits = tiny
     target = device(sshd).model_copy(update={"power": Power(nvpmodel=0)})
-    rows = measure_target(
-        target,
-        "device.yaml",
-        [BenchModel("final", path, "fp32")],
-        PLAN,
-        images,
-        {"final": Reference(logits, "torch")},
-    )
+    rows = measure_fp32(target, tiny)
     assert rows[0]["status"] == "skipped" and "power set-up failed" in rows[0]["reason"]
     assert "nvpmodel" in rows[0]["reason"]
 
