@@ -72,6 +72,25 @@ def sha256_path(path: Path) -> str:
     return digest.hexdigest()
 
 
+def folder_digest(folder: Path) -> str:
+    """Identity of a folder's content without reading it: every file's relative path, size and
+    mtime (an ImageFolder tree of many images is walked in milliseconds, not hashed)."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+    return sha256_json(
+        [[str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    )
+
+
+def content_digest(path: Path) -> str:
+    """What a stage key records of a file or folder it reads: a file's bytes, a folder's
+    listing (`folder_digest`), or "missing"."""
+    if path.is_file():
+        return sha256_path(path)
+    if path.is_dir():
+        return "folder:" + folder_digest(path)
+    return "missing"
+
+
 def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -117,6 +136,17 @@ def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
     except (FileNotFoundError, json.JSONDecodeError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def find_output(run_dir: Path, name: str) -> tuple[dict[str, Any], Artifact] | None:
+    """The finished stage of the run that last produced the artifact `name`, found through
+    the run's manifests (not by folder names): (its manifest, the artifact)."""
+    found = None
+    for folder in sorted(p for p in run_dir.iterdir() if p.is_dir()) if run_dir.is_dir() else []:
+        manifest = read_manifest(folder)
+        if manifest and manifest.get("status") == "done" and name in manifest.get("outputs", {}):
+            found = (manifest, Artifact.from_json(manifest["outputs"][name]))
+    return found
 
 
 def outputs_intact(run_dir: Path, manifest: dict[str, Any]) -> bool:

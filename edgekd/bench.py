@@ -12,13 +12,12 @@ import numpy as np
 from edgekd.config.loader import load_yaml, validate
 from edgekd.config.schema import TargetProfile
 from edgekd.errors import EdgeKDError
-from edgekd.runners.base import MeasureProtocol, onnx_input
+from edgekd.runners.base import MeasureProtocol, get_runner, onnx_input
 from edgekd.runners.targets import (
     DEVICE,
     BenchModel,
     BenchPlan,
     Reference,
-    get_runner,
     measure_target,
     unreachable,
 )
@@ -83,7 +82,7 @@ def bench_file(
 ) -> dict[str, Any]:
     """Rows of `model` on every target; the reference is onnxruntime's CPU provider on the same
     file (there is no PyTorch model here), which every other runtime is checked against."""
-    from edgekd.runners.onnxruntime import logits_function
+    from edgekd.runners.backends.onnxruntime import logits_function
 
     if not model.exists():
         raise EdgeKDError(f"model {model} not found")
@@ -120,11 +119,15 @@ def describe_targets(paths: Iterable[Path], probe: bool) -> list[dict[str, Any]]
             continue
         reason = unreachable(target, str(path), probe=probe)
         runtimes: dict[str, str | None] = {}
+        device = DEVICE[target.kind]
         for runtime in target.runtimes:
-            if reason is None and target.kind != "remote-ssh":
-                runtimes[runtime] = get_runner(runtime).available(DEVICE[target.kind])
-            else:
+            runner = get_runner(runtime)
+            if reason is not None or device == "remote":
                 runtimes[runtime] = reason
+            elif device not in runner.devices:
+                runtimes[runtime] = f"runs on {' or '.join(runner.devices)}, not {device}"
+            else:
+                runtimes[runtime] = runner.available(device)
         out.append(
             {
                 "file": str(path),

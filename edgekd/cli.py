@@ -25,6 +25,11 @@ def _validate(args: argparse.Namespace, console: Console) -> int:
     from edgekd import pipeline
 
     plan = pipeline.load_plan(args.pipeline)
+    if args.show:
+        from edgekd.config.show import render
+
+        print(render(plan), end="")
+        return 0
     stages = " → ".join(s.name for s in plan.stages)
     console.print(f"{args.pipeline}: ok ({stages}; {len(plan.targets)} targets)")
     return 0
@@ -114,6 +119,8 @@ def _deploy(args: argparse.Namespace, console: Console) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from edgekd.runners.base import MeasureProtocol
+
     parser = argparse.ArgumentParser(
         prog="edgekd",
         description="Distill, quantize, prune, export and measure image "
@@ -141,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
         "validate", help="check a pipeline without running it (does not import torch)"
     )
     validate.add_argument("pipeline", type=Path)
+    validate.add_argument(
+        "--show",
+        action="store_true",
+        help="print the resolved pipeline: every stage, every default, each key's meaning",
+    )
     validate.set_defaults(func=_validate)
 
     bench = sub.add_parser(
@@ -158,9 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--inputs", type=Path, help=".npy of preprocessed images the outputs are checked on"
     )
-    bench.add_argument("--warmup", type=int, default=20, help="untimed runs first")
-    bench.add_argument("--iterations", type=int, default=200, help="at least this many runs")
-    bench.add_argument("--min-seconds", type=float, default=1.0, help="and at least this long")
+    protocol = MeasureProtocol()  # the protocol's defaults, kept in runners/base.py
+    bench.add_argument("--warmup", type=int, default=protocol.warmup, help="untimed runs first")
+    bench.add_argument(
+        "--iterations", type=int, default=protocol.iterations, help="at least this many runs"
+    )
+    bench.add_argument(
+        "--min-seconds", type=float, default=protocol.min_seconds, help="and at least this long"
+    )
     bench.add_argument("--threads", type=int, help="CPU threads (default: the target's, or all)")
     bench.add_argument("--workdir", type=Path, help="TensorRT engine cache (.edgekd-engines)")
     bench.add_argument("--out", type=Path, help="write the rows as JSON here")

@@ -11,36 +11,49 @@ from pathlib import Path
 from typing import Any
 
 from edgekd import __version__
-from edgekd.artifacts import atomic_path, read_json, sha256_path, write_json, write_text
+from edgekd.artifacts import atomic_path, find_output, sha256_path, write_json, write_text
 from edgekd.config.schema import TargetProfile
+from edgekd.contracts import ExportedModel, ModelsIndex, Role
 from edgekd.errors import EdgeKDError
 from edgekd.runners import trtexec
-from edgekd.runners.base import onnx_input
-from edgekd.runners.tensorrt import build_flags
+from edgekd.runners.backends.tensorrt import build_flags
+from edgekd.runners.base import get_runner, onnx_input
 
 MODEL = "model.onnx"
 
 
-def find_export(run_dir: Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
-    """(the export stage's onnx folder, its index, the final model's entry)."""
-    found = sorted(run_dir.glob("*_export/onnx/models.json"))
-    if not found:
+def find_export(run_dir: Path) -> tuple[Path, ModelsIndex, ExportedModel]:
+    """(the exported models' folder, its index, the final model's entry), found through the
+    run's manifests: the last finished stage that produced the `onnx` artifact."""
+    found = find_output(run_dir, "onnx")
+    if found is None:
         raise EdgeKDError(
-            f"{run_dir}: no exported models (looked for */onnx/models.json of an export stage); "
-            f"run the pipeline first: edgekd run PIPELINE.yaml"
+            f"{run_dir}: no finished stage of this run produced exported models (read every "
+            f"*/manifest.json there); run the pipeline first: edgekd run PIPELINE.yaml"
         )
-    index = read_json(found[-1])
-    final = next((m for m in index["models"] if m["role"] == "final"), None)
+    folder = run_dir / found[1].path
+    index = ModelsIndex.read(folder)
+    final = index.get(Role.FINAL)
     if final is None:
-        raise EdgeKDError(f"{found[-1]}: no final model in the export index")
-    return found[-1].parent, index, final
+        raise EdgeKDError(f"{folder / ModelsIndex.FILE}: no final model in the export index")
+    return folder, index, final
+
+
+def builds_on_device(target: TargetProfile) -> bool:
+    """Whether one of the target's runners builds engines with trtexec on the device."""
+    return any(get_runner(r).remote == "trtexec" for r in target.runtimes)
+
+
+def takes_qdq(target: TargetProfile) -> bool:
+    """Whether a runner of the target takes NNCF's Q/DQ file as exported (TensorRT)."""
+    return any(get_runner(r).takes == "onnx_qdq" for r in target.runtimes)
 
 
 def recipes(
     target: TargetProfile, precision: str, input_name: str, shape: list[int]
 ) -> dict[str, str]:
-    """build.sh and run.sh for TensorRT targets (engines are built on the device)."""
-    if "tensorrt" not in target.runtimes:
+    """build.sh and run.sh for targets whose engines are built on the device (trtexec)."""
+    if not builds_on_device(target):
         return {}
     binary = target.connection.trtexec if target.connection else "trtexec"
     precisions = ["fp16", "fp32"] if precision == "fp32" else [precision]
@@ -56,18 +69,18 @@ def recipes(
 def bundle(run_dir: Path, target: TargetProfile, source: str, out: Path) -> Path:
     """Write the bundle folder `out` (atomically) and return it."""
     onnx_dir, index, final = find_export(run_dir)
-    model = onnx_dir / final["file"]
-    if "tensorrt" in target.runtimes and final.get("file_tensorrt"):
-        model = onnx_dir / final["file_tensorrt"]  # TensorRT folds and fuses Q/DQ itself
+    model = onnx_dir / final.file
+    if takes_qdq(target) and final.file_tensorrt:
+        model = onnx_dir / final.file_tensorrt  # TensorRT folds and fuses Q/DQ itself
     name, dims = onnx_input(model)
-    scripts = recipes(target, final["precision"], name, dims[1:])
+    scripts = recipes(target, final.precision, name, dims[1:])
     with atomic_path(out) as tmp:
         tmp.mkdir()
         shutil.copyfile(model, tmp / MODEL)
         for file, text in scripts.items():
             (tmp / file).write_text(text)
-        (tmp / "labels.txt").write_text("\n".join(index["classes"]) + "\n")
-        write_json(tmp / "preprocess.json", {**index["preprocessing"], "input": name})
+        (tmp / "labels.txt").write_text("\n".join(index.classes) + "\n")
+        write_json(tmp / "preprocess.json", {**final.preprocessing, "input": name})
         write_json(
             tmp / "manifest.json",
             {
@@ -81,10 +94,10 @@ def bundle(run_dir: Path, target: TargetProfile, source: str, out: Path) -> Path
                 "model": {
                     "file": MODEL,
                     "sha256": sha256_path(model),
-                    "precision": final["precision"],
-                    "builder_flags": build_flags(final["precision"]) if scripts else None,
+                    "precision": final.precision,
+                    "builder_flags": build_flags(final.precision) if scripts else None,
                     "input": {"name": name, "shape": dims},
-                    **{k: final.get(k) for k in ("params", "macs", "bytes", "test_acc")},
+                    **final.model_dump(include={"params", "macs", "bytes", "test_acc"}),
                 },
             },
         )

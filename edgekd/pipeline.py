@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,52 +14,22 @@ from edgekd import __version__
 from edgekd.artifacts import (
     MANIFEST,
     Artifact,
+    content_digest,
     library_versions,
     outputs_intact,
     read_json,
     read_manifest,
     sha256_json,
-    sha256_path,
     write_json,
 )
-from edgekd.config.loader import Document, load_yaml, validate
-from edgekd.config.schema import PipelineConfig, Strict, TargetProfile
-from edgekd.distill.specs import LOSS_CONFIGS
+from edgekd.config.loader import load_yaml, validate
+from edgekd.config.schema import PipelineConfig, TargetProfile, path_values
+from edgekd.distill import rules
+from edgekd.distill.loss import LOSSES
+from edgekd.distill.scheme import SCHEMES
 from edgekd.errors import ConfigError, EdgeKDError, RunDirError
-from edgekd.stages import STAGES, Stage
-
-
-@dataclass
-class StageSpec:
-    index: int
-    name: str
-    stage: Stage
-    cfg: Any
-    line: int
-
-    @property
-    def dirname(self) -> str:
-        return f"{self.index:02d}_{self.name}"
-
-
-@dataclass
-class Plan:
-    """A fully validated pipeline: its config, its stages, its loss terms and its targets."""
-
-    path: Path
-    doc: Document
-    config: PipelineConfig
-    stages: list[StageSpec] = field(default_factory=list)
-    losses: list[tuple[str, float, Strict]] = field(default_factory=list)
-    targets: list[TargetProfile] = field(default_factory=list)
-
-    def resolve(self, value: str) -> Path:
-        """A path from the YAML: relative to the working directory, else to the YAML's folder."""
-        path = Path(value).expanduser()
-        if path.is_absolute() or path.exists():
-            return path
-        beside = self.path.parent / path
-        return beside if beside.exists() else path
+from edgekd.plan import Plan, StageSpec
+from edgekd.stage import STAGES, StageContext
 
 
 def load_plan(path: str | Path) -> Plan:
@@ -71,16 +40,26 @@ def load_plan(path: str | Path) -> Plan:
     config = validate(PipelineConfig, doc.data, doc)
     plan = Plan(Path(path), doc, config)
 
+    seen: dict[str, int] = {}
     for i, term in enumerate(config.distill.losses):
         loc = ("distill", "losses", i)
+        if term.name in seen:
+            raise doc.error(
+                (*loc, "name"),
+                f"the loss {term.name!r} is listed twice (first at line "
+                f"{doc.line(('distill', 'losses', seen[term.name]))}); YAML order would silently "
+                "keep one. Give each term once; a term takes several feature pairs in `pairs`",
+            )
+        seen[term.name] = i
         try:
-            loss_config = LOSS_CONFIGS.get(term.name)
+            loss = LOSSES.get(term.name)
         except ConfigError as exc:
             raise doc.error((*loc, "name"), str(exc)) from None
         params = dict(term.model_extra or {})
-        plan.losses.append((term.name, term.weight, validate(loss_config, params, doc, loc)))
+        plan.losses.append((term.name, term.weight, validate(loss.Config, params, doc, loc)))
 
-    produced: set[str] = set()
+    plan.scheme, plan.scheme_cfg = _scheme(plan)
+
     for i, raw in enumerate(config.stages):
         stage_loc: tuple[str, int] = ("stages", i)
         params = dict(raw)
@@ -93,6 +72,7 @@ def load_plan(path: str | Path) -> Plan:
             cls = STAGES.get(name)
         except ConfigError as exc:
             raise doc.error((*stage_loc, "stage"), str(exc)) from None
+        produced = plan.produced_before(i)
         missing = [r for r in cls.requires if r not in produced]
         if missing:
             raise doc.error(
@@ -102,33 +82,43 @@ def load_plan(path: str | Path) -> Plan:
             )
         cfg = validate(cls.Config, params, doc, stage_loc)
         plan.stages.append(StageSpec(i, name, cls(), cfg, doc.line(stage_loc)))
-        produced.update(cls.produces)
 
     for i, target in enumerate(config.targets):
         target_path = plan.resolve(target)
         if not target_path.exists():
-            raise doc.error(
-                ("targets", i),
-                f"target profile {target!r} not found (looked in "
-                f"{Path.cwd()} and {plan.path.parent})",
-            )
+            raise doc.error(("targets", i), f"target profile {plan.not_found(target)}")
         target_doc = load_yaml(target_path)
         plan.targets.append(validate(TargetProfile, target_doc.data, target_doc))
 
-    check_distill(plan)
+    check_teacher_files(plan)
+    rules.check_plan(plan)
     for spec in plan.stages:
         spec.stage.check(spec.cfg, plan, spec.index)
     return plan
 
 
-def check_distill(plan: Plan) -> None:
-    """Scheme settings, extra teachers and their files, before anything runs."""
+def _scheme(plan: Plan) -> tuple[str, Any]:
+    """`distill.scheme` (a name, or a mapping with `name` and its settings), validated."""
+    value = plan.config.distill.scheme
+    loc = ("distill", "scheme")
+    params = {} if isinstance(value, str) else dict(value)
+    name = value if isinstance(value, str) else params.pop("name", None)
+    if not isinstance(name, str):
+        raise plan.doc.error(loc, f"needs `name:` (one of {', '.join(SCHEMES.names())})")
+    try:
+        scheme = SCHEMES.get(name)
+    except ConfigError as exc:
+        raise plan.doc.error(loc if isinstance(value, str) else (*loc, "name"), str(exc)) from None
+    return name, validate(scheme.Config, params, plan.doc, loc)
+
+
+def check_teacher_files(plan: Plan) -> None:
+    """Each teacher of `distill.teachers` names a model with weights or an ONNX file, and the
+    files exist."""
     from edgekd.models.specs import MODEL_CONFIGS, ModelSpec
 
-    cfg, doc = plan.config.distill, plan.doc
-    if cfg.scheme == "byot" and cfg.byot is None:
-        raise doc.error(("distill", "scheme"), "scheme byot needs `byot: {exits: [...]}`")
-    for i, teacher in enumerate(cfg.teachers):
+    doc = plan.doc
+    for i, teacher in enumerate(plan.config.distill.teachers):
         loc: tuple[str | int, ...] = ("distill", "teachers", i)
         if (teacher.onnx is None) == (teacher.model is None):
             raise doc.error(loc, "a teacher needs either `model:` + `weights:` or `onnx:`")
@@ -144,99 +134,44 @@ def check_distill(plan: Plan) -> None:
         for key in ("weights", "onnx"):
             value = getattr(teacher, key)
             if value is not None and not plan.resolve(value).exists():
-                raise doc.error(
-                    (*loc, key),
-                    f"{value!r} not found (looked in {Path.cwd()} and {plan.path.parent})",
-                )
-    count = 1 + len(cfg.teachers)
-    if cfg.teacher_weights is not None:
-        loc = ("distill", "teacher_weights")
-        if len(cfg.teacher_weights) != count:
-            raise doc.error(
-                loc,
-                f"{len(cfg.teacher_weights)} weights for {count} teachers "
-                "(the teacher stage's, then distill.teachers)",
-            )
-        if min(cfg.teacher_weights) < 0 or sum(cfg.teacher_weights) <= 0:
-            raise doc.error(loc, "weights must be ≥ 0 with a positive sum")
-        if cfg.multi_teacher != "average":
-            raise doc.error(
-                loc, f"weights apply to multi_teacher: average, not {cfg.multi_teacher}"
-            )
-    if cfg.multi_teacher == "split" and count != 2:
-        raise doc.error(
-            ("distill", "multi_teacher"),
-            f"split needs exactly two teachers (the teacher stage's for logits, one in "
-            f"distill.teachers for features); there are {count}",
-        )
-    kinds = [(i, name, getattr(term, "kind", "")) for i, (name, _, term) in enumerate(plan.losses)]
-    reads_teacher = [k for k in kinds if k[2] != "labels"]
-    reads_features = [k for k in kinds if k[2] in ("feature", "relation")]
-    if cfg.unlabeled is not None and not reads_teacher:
-        raise doc.error(
-            ("distill", "unlabeled"),
-            "unlabeled images are taught by the teacher's soft targets: add a loss that reads "
-            "the teacher (kd, dkd, ...)",
-        )
-    teacher_stage = next((s.cfg for s in plan.stages if s.name == "teacher"), None)
-    onnx = [getattr(teacher_stage, "onnx", None) is not None] + [
-        t.onnx is not None for t in cfg.teachers
-    ]
-    feature_teachers = [1] if cfg.multi_teacher == "split" else list(range(count))
-    for i in feature_teachers:
-        if onnx[i] and reads_features:
-            j, name, _ = reads_features[0]
-            where = "the teacher stage's teacher" if i == 0 else f"distill.teachers[{i - 1}]"
-            raise doc.error(
-                ("distill", "losses", j),
-                f"{name} reads features, but teacher {i} ({where}) is an ONNX model that gives "
-                "logits only; use a PyTorch teacher, or multi_teacher: split with a PyTorch "
-                "teacher 1",
-            )
-    crd = [k for k in kinds if k[1] == "crd"]
-    if crd and count > 1 and cfg.multi_teacher != "split":
-        raise doc.error(
-            ("distill", "losses", crd[0][0]),
-            "crd keeps one memory bank of one teacher's embeddings; with several teachers use "
-            "multi_teacher: split (teacher 1 teaches crd)",
-        )
+                raise doc.error((*loc, key), plan.not_found(value))
 
 
-def unlabeled_digest(plan: Plan) -> str | None:
-    """Identity of the `distill.unlabeled` images: each file's path, size and mtime."""
-    cfg = plan.config.distill.unlabeled
-    if cfg is None or cfg.source == "train_rest":
-        return None
-    folder = plan.resolve(cfg.source)
-    files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
-    return sha256_json(
-        [[str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
-    )
-
-
-def stage_key(plan: Plan, spec: StageSpec, inputs: dict[str, Artifact]) -> str:
-    """Identity of a stage's result: its config, its inputs' hashes, the globals it uses."""
+def key_parts(plan: Plan, spec: StageSpec, inputs: dict[str, Artifact]) -> dict[str, Any]:
+    """What a stage's result depends on: its config, its inputs' hashes, the pipeline sections
+    it `uses`, and the content of every file those and its config name."""
     cfg = plan.config.model_dump(mode="json")
-    uses = {name: cfg[name] for name in spec.stage.uses if name in cfg}
-    if "targets" in spec.stage.uses:
-        uses["targets"] = [t.model_dump(mode="json") for t in plan.targets]
-    if "distill" in spec.stage.uses:  # the content of extra teachers, not only their paths
-        uses["teacher_files"] = [
-            sha256_path(plan.resolve(value))
-            for t in plan.config.distill.teachers
-            for value in (t.weights, t.onnx)
-            if value is not None
-        ]
-        uses["unlabeled_files"] = unlabeled_digest(plan)
-    return sha256_json(
-        {
-            "stage": spec.name,
-            "config": spec.cfg.model_dump(mode="json"),
-            "inputs": {name: art.sha256 for name, art in sorted(inputs.items())},
-            "uses": uses,
-            "edgekd": __version__,
-        }
-    )
+    uses = spec.stage.uses
+    files = {f"stages[{spec.index}].{k}": v for k, v in spec.stage.reads(spec.cfg, plan).items()}
+    for loc, value in path_values(plan.config):
+        if loc[0] in uses:
+            files[".".join(map(str, loc))] = plan.resolve(value)
+    return {
+        "stage": spec.name,
+        "config": spec.cfg.model_dump(mode="json"),
+        "inputs": {name: art.sha256 for name, art in sorted(inputs.items())},
+        "uses": {name: cfg[name] for name in uses if name in cfg},
+        "files": {key: content_digest(path) for key, path in sorted(files.items())},
+        "edgekd": __version__,
+    }
+
+
+def why_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
+    """What differs between the key parts of a stage's previous result and this run's."""
+    if not old:
+        return "config or inputs changed"
+    reasons = []
+    if old.get("config") != new["config"]:
+        reasons.append("its config changed")
+    for group, label in (("inputs", "input"), ("uses", "pipeline section"), ("files", "file")):
+        before, now = old.get(group, {}), new[group]
+        reasons += [
+            f"{label} {name} changed" for name in sorted(set(before) | set(now))
+            if before.get(name) != now.get(name)
+        ]  # fmt: skip
+    if old.get("edgekd") != new["edgekd"]:
+        reasons.append(f"edgekd {old.get('edgekd')} → {new['edgekd']}")
+    return "; ".join(reasons) or "config or inputs changed"
 
 
 def claim_run_dir(plan: Plan, run_dir: Path) -> None:
@@ -272,14 +207,15 @@ def run(
     forced = False
     artifacts: dict[str, Artifact] = {}
     summary: list[dict[str, Any]] = []
-    from edgekd.stages.base import StageContext
 
     for spec in plan.stages:
         forced = forced or spec.name == from_stage
         rerun = forced or not spec.stage.cacheable
         stage_dir = run_dir / spec.dirname
         inputs = {name: artifacts[name] for name in spec.stage.requires}
-        key = stage_key(plan, spec, inputs)
+        inputs |= {name: artifacts[name] for name in spec.stage.optional if name in artifacts}
+        parts = key_parts(plan, spec, inputs)
+        key = sha256_json(parts)
         manifest = read_manifest(stage_dir)
         done = manifest is not None and manifest.get("status") == "done"
         if (
@@ -306,9 +242,11 @@ def run(
             shutil.rmtree(kept, ignore_errors=True)
             kept.parent.mkdir(parents=True, exist_ok=True)
             stage_dir.rename(kept)
-            why = "config or inputs changed" if manifest.get("key") != key else "rerun"
+            changed = manifest.get("key") != key
+            why = why_changed(manifest.get("key_parts"), parts) if changed else "rerun"
             console.print(
-                f"[yellow]{spec.dirname}: {why}; previous result moved to {kept}[/yellow]"
+                f"[yellow]{spec.dirname}: {why}; previous result moved to {kept}[/yellow]",
+                highlight=False,
             )
         elif manifest is not None:
             console.print(f"[yellow]{spec.dirname}: resuming an interrupted run[/yellow]")
@@ -317,6 +255,7 @@ def run(
             "stage": spec.name,
             "index": spec.index,
             "key": key,
+            "key_parts": parts,
             "status": "running",
             "config": spec.cfg.model_dump(mode="json"),
             "inputs": {n: a.to_json() for n, a in inputs.items()},

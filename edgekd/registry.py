@@ -1,8 +1,10 @@
-"""One generic name → object registry for stages, losses, models and runners."""
+"""One generic name → object registry for stages, losses, schemes, models and runners."""
 
 from __future__ import annotations
 
 import difflib
+import importlib
+import pkgutil
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -18,11 +20,18 @@ def did_you_mean(name: str, valid: list[str]) -> str:
 
 
 class Registry(Generic[T]):
-    """Maps names to objects; a name registers once, and an unknown name lists the valid ones."""
+    """Maps names to objects; a name registers once, and an unknown name lists the valid ones.
 
-    def __init__(self, kind: str) -> None:
+    With `package`, the registry fills itself on first use by importing every module of that
+    package (a plugin folder that holds only plugins): a new stage, loss, scheme or runner is
+    one new file there, and no list of names is kept anywhere else.
+    """
+
+    def __init__(self, kind: str, package: str | None = None) -> None:
         self.kind = kind
+        self.package = package
         self._items: dict[str, T] = {}
+        self._loaded = package is None
 
     def register(self, name: str) -> Callable[[T], T]:
         def add(obj: T) -> T:
@@ -33,7 +42,17 @@ class Registry(Generic[T]):
 
         return add
 
+    def load(self) -> None:
+        """Import the plugin package's modules (once); each registers what it defines."""
+        if self._loaded or self.package is None:
+            return
+        self._loaded = True
+        package = importlib.import_module(self.package)
+        for info in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{self.package}.{info.name}")
+
     def get(self, name: str) -> T:
+        self.load()
         try:
             return self._items[name]
         except KeyError:
@@ -44,9 +63,11 @@ class Registry(Generic[T]):
             ) from None
 
     def names(self) -> list[str]:
+        self.load()
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
+        self.load()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:

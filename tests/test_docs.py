@@ -7,8 +7,9 @@ import pytest
 import yaml
 
 from edgekd.config.schema import DistillConfig
-from edgekd.distill.specs import LOSS_CONFIGS
-from edgekd.stages import STAGES
+from edgekd.distill.loss import LOSSES
+from edgekd.distill.scheme import SCHEMES
+from edgekd.stage import STAGES
 from tests.conftest import ROOT
 
 DOC = ROOT / "docs" / "distillation.md"
@@ -25,7 +26,9 @@ def test_every_snippet_validates(text):
     if isinstance(doc, dict) and "distill" in doc:
         cfg = DistillConfig.model_validate(doc["distill"])
         for term in cfg.losses:
-            LOSS_CONFIGS.get(term.name).model_validate(term.model_extra or {})
+            LOSSES.get(term.name).Config.model_validate(term.model_extra or {})
+        scheme = {"name": cfg.scheme} if isinstance(cfg.scheme, str) else dict(cfg.scheme)
+        SCHEMES.get(str(scheme.pop("name"))).Config.model_validate(scheme)
     elif isinstance(doc, list):
         for stage in doc:
             params = dict(stage)

@@ -14,6 +14,7 @@ from tests.conftest import ROOT, TOL
 
 pytestmark = pytest.mark.slow
 SMOKE = ROOT / "tests" / "data" / "smoke.yaml"
+ACC_FLOOR = 25.0  # % on 1,000 test images after 2 epochs on 2,000 (see the first test)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,14 @@ def test_report_holds_every_stage_with_real_numbers(smoke_run):
         "bench",
     ]
     stages = {s["stage"]: s["metrics"] for s in report["stages"]}
-    assert stages["teacher"]["test_acc"] > 40  # trained here, from the YAML (chance: 10 %)
+    assert stages["teacher"]["test_acc"] > 55  # trained here, from the YAML (chance: 10 %)
+    # Floors well under what this subset reached in two runs here (student 45.9 / 42.0, qat
+    # 46.7 / 42.2, prune 43.7 / 35.7 %; training on 2 cores is not bit-reproducible) and well
+    # over chance (10 %), where a broken loss, quantizer or recovery lands.
+    assert stages["student"]["test_acc"] > ACC_FLOOR
+    assert stages["qat"]["test_acc"] > ACC_FLOOR
+    assert stages["qat"]["ptq_test_acc"] > ACC_FLOOR
+    assert stages["prune"]["test_acc"] > ACC_FLOOR
     assert stages["prune"]["params"] < stages["prune"]["params_before"]
     for name in ("teacher", "student", "qat", "prune"):
         assert stages[name]["params"] > 0 and stages[name]["macs"] > 0
@@ -43,7 +51,7 @@ def test_report_holds_every_stage_with_real_numbers(smoke_run):
         report["versions"]
     )
     summary = report["summary"]
-    assert summary["final"]["precision"] == "int8"
+    assert summary["final"]["precision"] == "int8" and summary["final"]["test_acc"] > ACC_FLOOR
     assert summary["final"]["bytes"] < summary["teacher"]["bytes"]
     assert (smoke_run / "report.md").read_text().startswith("# edgekd report: smoke")
 
@@ -117,7 +125,7 @@ def test_deploy_writes_a_bundle_and_tarball(smoke_run, tmp_path, capsys):
     assert "--int8" in (bundle / "build.sh").read_text()
     assert (bundle / "labels.txt").read_text().splitlines()[0] == "T-shirt/top"
     assert (
-        json.loads((bundle / "preprocess.json").read_text())["std"] == index["preprocessing"]["std"]
+        json.loads((bundle / "preprocess.json").read_text())["std"] == final["preprocessing"]["std"]
     )
     with tarfile.open(tmp_path / "jetson-orin-nano.tar.gz") as tar:
         assert "jetson-orin-nano/build.sh" in tar.getnames()

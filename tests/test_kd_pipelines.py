@@ -135,8 +135,7 @@ def test_dml_takd_unlabeled_data_and_the_label_smoothing_warning(write_yaml, tmp
     distill = """
 distill:
   losses: [{name: ce, weight: 0.5}, {name: kd, weight: 0.5}]
-  scheme: dml
-  dml: {peers: 2}
+  scheme: {name: dml, peers: 2}
   unlabeled: {source: train_rest, limit: 300}
 """
     text = "name: kd_schemes\n" + HEAD + distill + "stages:" + teacher + student + QAT + PRUNE
@@ -172,13 +171,12 @@ distill:
     - {{name: ce, weight: 1}}
     - {{name: kd, weight: 1}}
     - {{name: at, weight: 100, pairs: [{MID}]}}
-  scheme: byot
-  byot: {{exits: [features.3]}}
+  scheme: {{name: byot, exits: [features.3]}}
   teachers: [{{model: {json.dumps(TEACHER_SPEC)}, weights: {TEACHER_WEIGHTS}}}]
   multi_teacher: split
 """
     teacher = f"\n  - stage: teacher\n    onnx: {path}\n"
-    export = "\n  - stage: export\n    parity_images: 100\n"
+    export = "\n  - stage: export\n    parity_images: 300\n"
     bench = "  - stage: bench\n    warmup: 2\n    iterations: 10\n    min_seconds: 0\n"
     report = "  - stage: report\n"
     targets = "targets: [targets/cpu-x86.yaml]\n"
@@ -235,7 +233,8 @@ distill:
 @pytest.mark.parametrize(
     ("snippet", "where", "why"),
     [
-        ("  scheme: byot\n", "distill.scheme", "needs `byot: {exits"),
+        ("  scheme: byot\n", "distill.scheme.exits", "required key is missing"),
+        ("  scheme: {name: bypt}\n", "distill.scheme.name", 'did you mean "byot"?'),
         ("  teachers: [{onnx: nowhere.onnx}]\n", "distill.teachers[0].onnx", "not found"),
         (
             "  teachers: [{model: {arch: resnet_small}}]\n",

@@ -2,15 +2,74 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import copy
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from edgekd.config.loader import Loc
 
 
 class Strict(BaseModel):
     """Base for every config model: unknown keys are errors, values are validated on assignment."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class IsPath:
+    """Marks a config string as a file or folder path: stage keys hash what it names (the file's
+    bytes; a folder's file names, sizes and mtimes), so editing the file reruns the stage."""
+
+
+PathStr = Annotated[str, IsPath()]
+
+
+def _marked(annotation: Any, metadata: list[Any]) -> bool:
+    if any(isinstance(m, IsPath) for m in metadata):
+        return True
+    return any(
+        isinstance(a, IsPath) or (a is not None and _marked(a, []))
+        for a in get_args(annotation)
+        if not isinstance(a, type) or a is not type(None)
+    )
+
+
+def path_values(model: BaseModel, loc: Loc = ()) -> Iterator[tuple[Loc, str]]:
+    """Every path-marked value in `model` and the models it holds, with its place."""
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+        marked = _marked(info.annotation, info.metadata)
+        for i, item in items:
+            where: Loc = (*loc, name) if i is None else (*loc, name, i)
+            if isinstance(item, BaseModel):
+                yield from path_values(item, where)
+            elif marked and isinstance(item, str):
+                yield where, item
+
+
+def default(model: type[BaseModel], name: str, value: Any) -> Any:
+    """`model`'s field `name` with another default, its type, bounds and description kept: for
+    a stage's own training defaults, shown by `edgekd validate --show`."""
+    info = copy.copy(model.model_fields[name])
+    info.default = value
+    return info
+
+
+class Normalization(Strict):
+    """What the model does to pixels scaled to [0, 1]: x = (pixel / 255 - mean) / std."""
+
+    mean: list[float] = Field(min_length=1, description="Per-channel mean.")
+    std: list[float] = Field(min_length=1, description="Per-channel standard deviation.")
+
+    @model_validator(mode="after")
+    def _same_channels(self) -> Normalization:
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"{len(self.mean)} means but {len(self.std)} stds")
+        if min(self.std) <= 0:
+            raise ValueError("std must be > 0")
+        return self
 
 
 class AugmentConfig(Strict):
@@ -33,7 +92,7 @@ class DataConfig(Strict):
         description="Built-in data set, or an ImageFolder tree (root/train, "
         "root/val, optional root/test; one sub-folder per class).",
     )
-    root: str | None = Field(
+    root: PathStr | None = Field(
         None,
         description="Where the data lies. Fashion-MNIST: a folder with "
         "the idx files; searched after it: $EDGEKD_DATA, "
@@ -50,11 +109,6 @@ class DataConfig(Strict):
         description="ImageFolder: resize images to this square size. Fashion-MNIST is 28.",
     )
     grayscale: bool = Field(False, description="ImageFolder: convert images to one channel.")
-    mean: list[float] | None = Field(
-        None,
-        description="Per-channel normalisation mean; default is computed from the training split.",
-    )
-    std: list[float] | None = Field(None, description="Per-channel normalisation std.")
     val_size: int = Field(
         5000,
         ge=0,
@@ -84,42 +138,28 @@ class LossTerm(Strict):
     weight: float = Field(1.0, ge=0, description="Multiplier of this term in the summed loss.")
 
 
-class DMLConfig(Strict):
-    """Zhang et al. 2018, Deep Mutual Learning: peers trained together, each teaching the others."""
-
-    peers: int = Field(2, ge=2, le=8, description="Models trained together, the student included.")
-    weight: float = Field(1.0, ge=0, description="Weight of each peer's mimicry term.")
-    temperature: float = Field(1.0, gt=0, description="Softmax temperature of the mimicry KL.")
-
-
-class BYOTConfig(Strict):
-    """Zhang et al. 2019, Be Your Own Teacher: shallow exits learn from the deepest classifier."""
-
-    exits: list[str] = Field(
-        min_length=1, description="Dotted module paths in the student where exit heads attach."
-    )
-    alpha: float = Field(0.3, ge=0, le=1, description="KD share of each exit's loss (paper α).")
-    temperature: float = Field(3.0, gt=0, description="Temperature of the exits' KD term.")
-    feature_weight: float = Field(
-        0.03, ge=0, description="λ: weight of the L2 hint from each exit to the deepest features."
-    )
-
-
 class ExtraTeacher(Strict):
     """A further teacher: edgekd weights with an architecture, or an ONNX file."""
 
     model: dict[str, object] | None = Field(
         None, description="Architecture (`arch` + settings), with `weights`."
     )
-    weights: str | None = Field(None, description="Trained weights (.safetensors or state_dict).")
-    onnx: str | None = Field(None, description="An .onnx teacher run through onnxruntime.")
+    weights: PathStr | None = Field(
+        None, description="Trained weights (.safetensors or state_dict)."
+    )
+    onnx: PathStr | None = Field(None, description="An .onnx teacher run through onnxruntime.")
     label_smoothing: float = Field(
         0.0, ge=0, lt=1, description="Label smoothing this teacher was trained with, if any."
+    )
+    normalize: Normalization | None = Field(
+        None,
+        description="The teacher's input normalisation; null: from the model.json beside its "
+        "file, else the training split's statistics (with a warning).",
     )
 
 
 class UnlabeledConfig(Strict):
-    source: str = Field(
+    source: PathStr = Field(
         description="`train_rest`: the training images left out by data.train_subset, without "
         "their labels; or a folder of images (searched recursively)."
     )
@@ -139,13 +179,12 @@ class DistillConfig(Strict):
         description="Compute the teacher's logits for every "
         "training image (and its flip) once and reuse them (logit losses only).",
     )
-    scheme: Literal["offline", "dml", "byot"] = Field(
+    scheme: str | dict[str, object] = Field(
         "offline",
-        description="offline: frozen teacher(s); dml: mutual learning of peers; byot: "
-        "self-distillation from the deepest exit to shallow ones.",
+        description="How students and teachers are arranged: a scheme name (offline: frozen "
+        "teacher(s); dml: mutual learning of peers; byot: self-distillation from the deepest "
+        "exit to shallow ones), or `{name: ..., its settings}`.",
     )
-    dml: DMLConfig = Field(default_factory=DMLConfig, description="Settings of scheme dml.")
-    byot: BYOTConfig | None = Field(None, description="Settings of scheme byot.")
     teachers: list[ExtraTeacher] = Field(
         default_factory=list,
         description="Teachers beside the teacher stage's (which is teacher 0).",
@@ -164,15 +203,16 @@ class DistillConfig(Strict):
     )
 
 
+Schedule = Literal["onecycle", "cosine", "constant"]
+
+
 class TrainConfig(Strict):
     epochs: float = Field(1, gt=0, description="Passes over the training split; fractions allowed.")
     batch_size: int = Field(128, gt=0, description="Training batch size.")
     lr: float = Field(0.05, gt=0, description="Peak learning rate (SGD with Nesterov momentum).")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
     weight_decay: float = Field(5e-4, ge=0, description="L2 weight decay (not on norms/biases).")
-    schedule: Literal["onecycle", "cosine", "constant"] = Field(
-        "onecycle", description="Learning-rate schedule over all steps."
-    )
+    schedule: Schedule = Field("onecycle", description="Learning-rate schedule over all steps.")
 
 
 class CalibrationConfig(Strict):
@@ -189,6 +229,18 @@ class CalibrationConfig(Strict):
     preprocessing: Literal["eval"] = Field(
         "eval", description="Evaluation preprocessing (normalisation, no augmentation)."
     )
+
+
+def _known_runner(name: str) -> str:
+    """A runner name is written once, where the runner registers; a profile must use one."""
+    from edgekd.errors import UnknownNameError
+    from edgekd.runners.base import RUNNERS
+
+    try:
+        RUNNERS.get(name)
+    except UnknownNameError as exc:  # a ValueError is what pydantic reports with its place
+        raise ValueError(str(exc)) from None
+    return name
 
 
 class Peak(Strict):
@@ -230,8 +282,8 @@ class TargetProfile(Strict):
     name: str = Field(description="Profile name used in reports.")
     description: str = Field("", description="One line for people.")
     kind: Literal["local-cpu", "local-gpu", "remote-ssh"] = Field(description="Where it runs.")
-    runtimes: list[Literal["onnxruntime", "onnxruntime-trt", "openvino", "tensorrt", "torch"]] = (
-        Field(description="Runtimes allowed on this target, in order of preference.")
+    runtimes: list[Annotated[str, AfterValidator(_known_runner)]] = Field(
+        min_length=1, description="Runners allowed on this target (edgekd/runners/backends/)."
     )
     precisions: list[Literal["fp32", "fp16", "int8"]] = Field(description="Precisions allowed.")
     threads: int | None = Field(None, gt=0, description="CPU threads; null = all cores.")
@@ -255,7 +307,7 @@ class PipelineConfig(Strict):
     distill: DistillConfig = Field(
         default_factory=DistillConfig, description="The KD loss used wherever a student is trained."
     )
-    targets: list[str] = Field(
+    targets: list[PathStr] = Field(
         default_factory=list,
         description="Target profile files (targets/*.yaml) measured by the bench stage.",
     )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -29,6 +30,10 @@ class ImageSet:
 
 @dataclass(frozen=True)
 class Splits:
+    """The data set's splits and one normalisation of them: the training split's statistics
+    as loaded, or a model's own (`normalized_by`), so that each model is fed as it was
+    trained."""
+
     train: ImageSet
     val: ImageSet
     test: ImageSet
@@ -42,6 +47,14 @@ class Splits:
     def input_shape(self) -> tuple[int, int, int]:
         c, h, w = self.train.images.shape[1:]
         return int(c), int(h), int(w)
+
+    def normalized_by(self, mean: Sequence[float], std: Sequence[float]) -> Splits:
+        """The same images, normalised with another mean and std (no copy)."""
+        if len(mean) != self.input_shape[0] or len(std) != self.input_shape[0]:
+            raise ValueError(
+                f"a normalisation of {len(mean)} channels for images of {self.input_shape[0]}"
+            )
+        return dataclasses.replace(self, mean=tuple(mean), std=tuple(std))
 
     def preprocessing(self) -> dict[str, object]:
         """What a deployment must do to a uint8 image before the model sees it."""
@@ -113,11 +126,10 @@ def _load_splits(cfg_json: str, seed: int, root: str | None) -> Splits:
         )
     if cfg.test_subset is not None and cfg.test_subset < len(test):
         test = test.subset(torch.randperm(len(test), generator=gen)[: cfg.test_subset])
-    mean, std = cfg.mean, cfg.std
-    if mean is None or std is None:
-        pixels = train.images.float().div_(255).transpose(0, 1).reshape(train.images.shape[1], -1)
-        mean = mean or [round(float(v), 4) for v in pixels.mean(1)]
-        std = std or [round(float(v), 4) for v in pixels.std(1)]
+    # The training split's statistics: the default normalisation of a model trained here.
+    pixels = train.images.float().div_(255).transpose(0, 1).reshape(train.images.shape[1], -1)
+    mean = [round(float(v), 4) for v in pixels.mean(1)]
+    std = [round(float(v), 4) for v in pixels.std(1)]
     return Splits(train, val, test, list(classes), tuple(mean), tuple(std), source, rest)
 
 
@@ -125,6 +137,21 @@ def normalize(images: torch.Tensor, splits: Splits) -> torch.Tensor:
     mean = torch.tensor(splits.mean).view(1, -1, 1, 1)
     std = torch.tensor(splits.std).view(1, -1, 1, 1)
     return (images.float() / 255 - mean) / std
+
+
+def renormalizer(source: Splits, target: Splits) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """Turns images normalised as `source` into images normalised as `target` (a teacher fed
+    the student's batches), or None when the two normalisations are the same."""
+    if (source.mean, source.std) == (target.mean, target.std):
+        return None
+    scale = torch.tensor(source.std) / torch.tensor(target.std)
+    shift = (torch.tensor(source.mean) - torch.tensor(target.mean)) / torch.tensor(target.std)
+
+    def convert(images: torch.Tensor) -> torch.Tensor:
+        view = (1, -1, 1, 1)
+        return images * scale.view(view).to(images.device) + shift.view(view).to(images.device)
+
+    return convert
 
 
 def to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -218,15 +218,40 @@ def crd_nce_loss(probs: torch.Tensor, n_data: int, eps: float = 1e-7) -> torch.T
 def tf_kd_reg_loss(
     student_logits: torch.Tensor,
     labels: torch.Tensor,
-    correct_prob: float = 0.9,
+    correct_prob: float = 0.99,
     temperature: float = 20.0,
+    *,
+    form: str = "authors",
 ) -> torch.Tensor:
     """Yuan et al. 2020, "Revisiting Knowledge Distillation via Label Smoothing Regularization",
-    eq. (9): KL(p^d_τ ‖ p_τ) to a hand-designed teacher that puts `correct_prob` on the label and
-    spreads the rest evenly; p^d_τ is that distribution softened by softmax(p^d / τ), as in the
-    authors' code. Averaged over the batch."""
+    Tf-KD_reg: a KL term towards a hand-designed virtual teacher p^d that puts `correct_prob` on
+    the label and (1 - correct_prob)/(K - 1) on each of the other K - 1 classes. The virtual
+    teacher is softened as if it were logits, p^d_τ = softmax(p^d / τ), in both forms; the
+    cross-entropy and the weights (the code's α and `multiplier`) are separate terms.
+
+    form="authors" (the default) follows the authors' code, `loss_kd_regularization` in
+    my_loss_function.py of github.com/yuanli2333/Teacher-free-Knowledge-Distillation:
+    ``nn.KLDivLoss()(F.log_softmax(outputs, dim=1), F.softmax(teacher_soft / T, dim=1))``, i.e.
+    KL(p^d_τ ‖ softmax(z)) with the student's logits z *not* divided by τ, reduced by
+    KLDivLoss's default 'mean': the sum over all B×K elements divided by B×K (not by B). That
+    code fixes correct_prob = 0.99, hence the default here.
+
+    form="paper" is eq. (9) of the paper with both distributions softened,
+    KL(p^d_τ ‖ softmax(z / τ)), summed over classes and averaged over the batch (batchmean),
+    without KD's τ² factor. There the label probability is the hyper-parameter a, passed here as
+    `correct_prob` (0.99 by default in both forms; pass it to use another a).
+
+    Any other `form` raises ValueError.
+    """
+    if form not in ("authors", "paper"):
+        raise ValueError(f"tf_kd_reg_loss: form must be 'authors' or 'paper', not {form!r}")
     k = student_logits.shape[1]
     virtual = torch.full_like(student_logits, (1 - correct_prob) / (k - 1))
     virtual.scatter_(1, labels[:, None], correct_prob)
-    # KD towards the virtual distribution as if it were logits, without KD's T² factor.
-    return kd_loss(student_logits, virtual, temperature) / temperature**2
+    if form == "paper":
+        # KD towards the virtual distribution as if it were logits, without KD's T² factor.
+        return kd_loss(student_logits, virtual, temperature) / temperature**2
+    # The authors' nn.KLDivLoss() ('mean'), written as sum / numel to avoid torch's warning.
+    log_p_student = F.log_softmax(student_logits, dim=1)
+    p_virtual = F.softmax(virtual / temperature, dim=1)
+    return F.kl_div(log_p_student, p_virtual, reduction="sum") / log_p_student.numel()

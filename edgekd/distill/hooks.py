@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from edgekd.distill.specs import EMBEDDING
+from edgekd.distill.loss import EMBEDDING
 
 
 class FeaturePathError(Exception):
@@ -43,11 +43,6 @@ def resolve(model: nn.Module, path: str) -> tuple[str, nn.Module]:
         return path, model.get_submodule(path)
     except AttributeError:
         raise FeaturePathError(path, module_names(model)) from None
-
-
-def feature_key(path: str, capture: str = "output") -> str:
-    """The name a feature has in `Outputs.features`: the path, with ":input" for inputs."""
-    return f"{path}:input" if capture == "input" and path != EMBEDDING else path
 
 
 def _split_key(key: str) -> tuple[str, bool]:

@@ -16,8 +16,8 @@ from edgekd.artifacts import atomic_path
 from edgekd.config.schema import AugmentConfig, TrainConfig
 from edgekd.data.datasets import ImageSet, Splits, batches, model_to_device, to_device
 from edgekd.distill.distiller import Distiller
-from edgekd.distill.losses import Outputs
 from edgekd.distill.teacher import Teacher
+from edgekd.distill.terms import Outputs
 from edgekd.errors import WeightsError
 
 
@@ -218,13 +218,13 @@ def _pretrain(
 ) -> None:
     """Train the loss modules that must be ready first (FT's paraphraser) on the teacher's
     features of the un-augmented training images."""
-    terms = [t for t in distiller.losses.values() if t.needs_pretraining]
+    terms = distiller.pretraining()
     if not terms:
         return
     reader = next(i for i in range(len(teachers)) if terms[0] in distiller.teacher_terms(i))
     teacher = teachers[reader]
     keys = distiller.teacher_keys(reader)
-    epochs = max(getattr(t.cfg, "paraphraser_epochs", 1.0) for t in terms)
+    epochs = max(t.pretrain_epochs() for t in terms)
     limit = round(epochs * len(train))
     gen = torch.Generator().manual_seed(0)
 

@@ -367,11 +367,14 @@ def move_shape_ops(g: _Graph) -> int:
 def unsigned_activations(g: _Graph) -> int:
     """int8 activation Q/DQ pairs become uint8 with zero point + 128: the same levels shifted,
     so every activation shares one type. onnxruntime makes this change itself on x86 but only
-    for a Q read by one DQ, which leaves residual Adds with mixed int8/uint8 inputs unfused."""
+    for a Q read by one DQ, which leaves residual Adds with mixed int8/uint8 inputs unfused.
+    A per-channel activation (one `per_tensor_activations` refused) stays int8: onnxruntime
+    1.32 fuses a uint8 per-channel one into a QLinearConv that fails at run time ("zero point
+    must be a scalar"; tests/export/test_qdq.py)."""
     changed = 0
     for q in [n for n in g.nodes if n.op_type == Q]:
         zero = g.const(q, 2)
-        if zero is None or zero.dtype != np.int8 or q.input[0] in g.consts:
+        if zero is None or zero.dtype != np.int8 or zero.size > 1 or q.input[0] in g.consts:
             continue
         readers = g.users[q.output[0]]
         if q.output[0] in g.outputs or any(

@@ -12,6 +12,7 @@ from typing import Any
 
 from edgekd import __version__
 from edgekd.artifacts import library_versions, read_json, read_manifest
+from edgekd.contracts import ModelsIndex, Role
 from edgekd.runners.base import cpu_name, default_threads
 
 SCHEMA_VERSION = 1
@@ -64,7 +65,7 @@ def build_report(
         "versions": library_versions(),
         "stages": stages,
         "models": onnx_index["models"],
-        "preprocessing": onnx_index["preprocessing"],
+        "preprocessing": final_preprocessing(onnx_index["models"]),
         "latency": rows,
         "summary": summarize(onnx_index["models"], rows),
         "total_wall_s": round(sum(s["wall_s"] or 0 for s in stages), 1),
@@ -91,14 +92,14 @@ def fastest(
 def summarize(models: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Teacher vs final model: accuracy, size, and latency (onnxruntime and best runtime)."""
     by_role = {m["role"]: m for m in models}
-    teacher, final = by_role.get("teacher"), by_role.get("final")
+    teacher, final = by_role.get(Role.TEACHER), by_role.get(Role.FINAL)
     out: dict[str, Any] = {}
     if teacher is None or final is None:
         return out
-    for role, model in (("teacher", teacher), ("final", final)):
+    for role, model in ((Role.TEACHER, teacher), (Role.FINAL, final)):
         ort = fastest(rows, role, runtime="onnxruntime")
         best = fastest(rows, role)
-        out[role] = {
+        out[role.value] = {
             "precision": model["precision"],
             "test_acc": model["test_acc"],
             "params": model["params"],
@@ -126,5 +127,11 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 4) if a is not None and b else None
 
 
+def final_preprocessing(models: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """What a deployment does to an image before the final model sees it."""
+    final = next((m for m in models if m["role"] == Role.FINAL), None)
+    return final["preprocessing"] if final else None
+
+
 def load_inputs(onnx_dir: Path, bench_file: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    return read_json(onnx_dir / "models.json"), read_json(bench_file)
+    return ModelsIndex.read(onnx_dir).model_dump(mode="json"), read_json(bench_file)

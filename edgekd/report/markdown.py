@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgekd.contracts import Role
+
 
 def _fmt(value: Any, spec: str = "") -> str:
     if value is None:
@@ -18,7 +20,7 @@ def summary_table(summary: dict[str, Any]) -> list[str]:
         "| fastest measured |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for label in ("teacher", "final"):
+    for label in (Role.TEACHER, Role.FINAL):
         row, best = summary[label], summary[label]["best"]
         best_text = (
             f"{best['median_ms']:.3f} ms ({best['runtime']}, {best['target']})" if best else "–"
@@ -66,10 +68,12 @@ def chosen_lines(rows: list[dict[str, Any]]) -> list[str]:
     lines: list[str] = []
     for target in dict.fromkeys(r["target"] for r in rows):
         chosen = [r for r in rows if r["target"] == target and r.get("chosen")]
-        final = next((r for r in chosen if r["model"] == "final"), None)
+        final = next((r for r in chosen if r["model"] == Role.FINAL), None)
         if final is None:
             continue
-        fp32 = [r for r in chosen if r["model"] == "student_fp32" and r["batch"] == final["batch"]]
+        fp32 = [
+            r for r in chosen if r["model"] == Role.STUDENT_FP32 and r["batch"] == final["batch"]
+        ]
         text = (
             f"- {target}: final model runs fastest as {final['precision']} in "
             f"{final['runtime']}, {final['median_ms']:.3f} ms (batch {final['batch']})"

@@ -1,4 +1,9 @@
-"""The Runner protocol, the measurement protocol and the latency statistics every runner returns."""
+"""The Runner protocol and registry, the measurement protocol (its defaults live here and only
+here) and the latency statistics every runner returns.
+
+Runners are one file each in `edgekd/runners/backends/`; `RUNNERS` imports that folder on first
+use. A runner declares what it takes, where it runs and how it is measured on a remote device,
+and `runners/targets.py` asks it instead of testing names."""
 
 from __future__ import annotations
 
@@ -9,16 +14,30 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 
 from edgekd.registry import Registry
 
+# Least top-1 agreement (%) with the reference for a row to pass (and be chosen). FP32 differs
+# from PyTorch only by float reordering; FP16 and INT8 may flip the rare image whose top two
+# logits are close (STYLE.md: INT8 top-1 agrees with FP32 on ≥ 99 % of real test images).
+DEFAULT_GATE = {"fp32": 99.5, "fp16": 99.0, "int8": 99.0}
+
+# What a runner takes: the ONNX file as exported for CPU runtimes (FP32, or INT8 after the exact
+# Q/DQ rewrite), NNCF's Q/DQ file as exported (TensorRT folds and fuses Q/DQ itself), or the
+# edgekd model folder (model.json + safetensors) a stage saved.
+Takes = Literal["onnx", "onnx_qdq", "model_dir"]
+# How a remote device measures it: edgekd's own entry point (`python -m
+# edgekd.runners.measure`, edgekd installed there) or trtexec (engines built on the device).
+Remote = Literal["edgekd", "trtexec"]
+
 
 @dataclass(frozen=True)
 class MeasureProtocol:
-    """Warm-up, then timed runs until both `iterations` and `min_seconds` are reached."""
+    """Warm-up, then timed runs until both `iterations` and `min_seconds` are reached. These
+    defaults are the bench stage's and `edgekd bench`'s."""
 
     warmup: int = 20
     iterations: int = 200
@@ -62,7 +81,11 @@ class LatencyStats:
 
 
 class Runner(Protocol):
-    name: str
+    name: ClassVar[str]
+    takes: ClassVar[Takes]
+    devices: ClassVar[tuple[str, ...]]  # where it runs here: cpu, cuda
+    remote: ClassVar[Remote]
+    why_not: ClassVar[str]  # appended when it times no precision of a file
 
     def available(self, device: str) -> str | None:
         """None when usable on `device` here, else the reason (with the install command)."""
@@ -79,7 +102,22 @@ class Runner(Protocol):
     ) -> LatencyStats: ...
 
 
-RUNNERS: Registry[Callable[[], Runner]] = Registry("runner")
+RUNNERS: Registry[type[Runner]] = Registry("runner", package="edgekd.runners.backends")
+
+
+def register(name: str) -> Callable[[type[Any]], type[Any]]:
+    """Register a runner class under `name`, which also becomes its `name` (written once)."""
+
+    def add(cls: type[Any]) -> type[Any]:
+        cls.name = name
+        return RUNNERS.register(name)(cls)
+
+    return add
+
+
+def get_runner(name: str) -> Runner:
+    """A fresh instance of the runner registered as `name` (did-you-mean when unknown)."""
+    return RUNNERS.get(name)()
 
 
 def missing(module: str, install: str) -> str | None:

@@ -23,7 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from edgekd.runners.base import Job, MeasureProtocol, batch_of, in_chunks, pin_threads
+from edgekd.runners.base import (
+    Job,
+    MeasureProtocol,
+    batch_of,
+    get_runner,
+    in_chunks,
+    pin_threads,
+)
 
 TIMEOUT_S = 900
 
@@ -104,8 +111,6 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, required=True, help="result JSON; outputs.npy is written beside it"
     )
     args = parser.parse_args(argv)
-    from edgekd.runners.targets import get_runner
-
     cpus = pin_threads(args.threads) if args.device == "cpu" else []
     runner = get_runner(args.runtime)
     protocol = MeasureProtocol(**json.loads(args.protocol))

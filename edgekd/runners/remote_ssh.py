@@ -1,10 +1,11 @@
-"""The remote_ssh runner: a model measured on a device over SSH.
+"""A model measured on a device over SSH, the way its runner declares (`Runner.remote`).
 
-`tensorrt` on a remote profile copies the ONNX file and a build recipe to the device, builds the
-engine there with trtexec (engines are not portable between GPUs or TensorRT versions), checks
-its outputs on real images and times it with trtexec. Any other runtime runs edgekd's own
-measuring entry point (`python -m edgekd.runners.measure`) on the device, the same one the local
-targets use; edgekd must be installed there (`connection.python` names the interpreter).
+`trtexec` (the tensorrt runner) copies the ONNX file and a build recipe to the device, builds
+the engine there with trtexec (engines are not portable between GPUs or TensorRT versions),
+checks its outputs on real images and times it with trtexec. `edgekd` (every other runner) runs
+edgekd's own measuring entry point (`python -m edgekd.runners.measure`) on the device, the same
+one the local targets use; edgekd must be installed there (`connection.python` names the
+interpreter).
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ import numpy as np
 from edgekd.artifacts import sha256_path
 from edgekd.config.schema import TargetProfile
 from edgekd.runners import trtexec
+from edgekd.runners.backends.tensorrt import DEVICE_KEYS, EngineMismatchError, build_flags
 from edgekd.runners.base import Job, MeasureProtocol, onnx_input, summarize
 from edgekd.runners.measure import command_args
 from edgekd.runners.ssh import Remote, RemoteError, parse_tegrastats
-from edgekd.runners.tensorrt import DEVICE_KEYS, EngineMismatchError, build_flags
 
 BUILD_TIMEOUT_S = 1800
 RUN_TIMEOUT_S = 900
@@ -73,6 +74,7 @@ def measure_edgekd(
 def measure_trtexec(
     remote: Remote,
     target: TargetProfile,
+    runtime: str,
     job: Job,
     protocol: MeasureProtocol,
     images: np.ndarray,
@@ -121,7 +123,7 @@ def measure_trtexec(
     summary = trtexec.parse_summary(log)
     stats = summarize(
         latency,
-        runtime="tensorrt",
+        runtime=runtime,
         device=f"cuda ({manifest.get('gpu', 'remote GPU')})",
         precision=job.precision,
         batch=protocol.batch,

@@ -5,7 +5,6 @@ failure never stops the other rows."""
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,30 +15,19 @@ import numpy as np
 from edgekd.config.schema import TargetProfile
 from edgekd.errors import EdgeKDError
 from edgekd.runners.base import (
-    RUNNERS,
+    DEFAULT_GATE,
     Job,
     MeasureProtocol,
     Runner,
     cpu_name,
     default_threads,
+    get_runner,
     onnx_input,
 )
 from edgekd.runners.measure import MeasureError, measure_in_subprocess
 
-# Importing a runner module registers it; the backend library itself loads on first use.
-RUNNER_MODULES = {
-    "onnxruntime": "edgekd.runners.onnxruntime",
-    "onnxruntime-trt": "edgekd.runners.onnxruntime",
-    "openvino": "edgekd.runners.openvino",
-    "tensorrt": "edgekd.runners.tensorrt",
-    "torch": "edgekd.runners.torch_eager",
-}
+# Where a profile's `kind` runs its models.
 DEVICE = {"local-cpu": "cpu", "local-gpu": "cuda", "remote-ssh": "remote"}
-TENSORRT_RUNTIMES = ("tensorrt", "onnxruntime-trt")
-# Least top-1 agreement (%) with the reference for a row to pass. FP32 differs from PyTorch only
-# by float reordering; FP16 and INT8 may flip the rare image whose top two logits are close
-# (STYLE.md: INT8 top-1 agrees with FP32 on ≥ 99 % of real test images).
-DEFAULT_GATE = {"fp32": 99.5, "fp16": 99.0, "int8": 99.0}
 CHECK_CHUNK = 100  # images per inference call in the check (and largest engine batch)
 
 
@@ -48,8 +36,17 @@ class BenchModel:
     role: str  # teacher, student_fp32, final
     path: Path  # the ONNX file
     precision: str  # the file's precision: fp32, or int8 for a Q/DQ file
-    torch_dir: Path | None = None  # the model folder the torch runner runs, when there is one
-    tensorrt_path: Path | None = None  # the Q/DQ file as exported, for TensorRT (see export)
+    torch_dir: Path | None = None  # the model folder, for runners that take one (torch)
+    tensorrt_path: Path | None = None  # NNCF's Q/DQ file as exported, for runners that take it
+    images: np.ndarray | None = None  # check images in this model's normalisation, if its own
+
+    def file_for(self, runner: Runner) -> Path | None:
+        """What `runner` runs of this model, or None when the model has no such file."""
+        if runner.takes == "model_dir":
+            return self.torch_dir
+        if runner.takes == "onnx_qdq" and self.tensorrt_path is not None:
+            return self.tensorrt_path
+        return self.path
 
 
 @dataclass(frozen=True)
@@ -64,14 +61,6 @@ class BenchPlan:
     batches: list[int]
     gate: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_GATE))
     workdir: Path | None = None  # engine cache for local TensorRT
-
-
-def get_runner(name: str) -> Runner:
-    module = RUNNER_MODULES.get(name)
-    if module is None:
-        raise EdgeKDError(f"no runner named {name!r}; runners: {', '.join(RUNNER_MODULES)}")
-    importlib.import_module(module)
-    return RUNNERS.get(name)()
 
 
 def unreachable(target: TargetProfile, source: str, probe: bool = True) -> str | None:
@@ -106,16 +95,20 @@ def variants(
 ) -> Iterator[tuple[dict[str, Any], str | None]]:
     """(row key, reason it is skipped or None) for every runtime × precision × batch; `fixed` is
     the file's fixed batch size, if it has one."""
+    device = DEVICE[target.kind]
     for runtime in target.runtimes:
         row = {"model": model.role, "runtime": runtime}
         first = {**row, "precision": model.precision, "batch": batches[0]}
-        if runtime == "torch" and model.torch_dir is None:
-            yield first, "no PyTorch model for this file (an ONNX file given as it is)"
-            continue
         try:
             runner = get_runner(runtime)
         except EdgeKDError as exc:
             yield first, str(exc)
+            continue
+        if model.file_for(runner) is None:
+            yield first, "no PyTorch model for this file (an ONNX file given as it is)"
+            continue
+        if device != "remote" and device not in runner.devices:
+            yield first, f"{runtime} runs on {' or '.join(runner.devices)}, not {device}"
             continue
         precisions = runner.precisions(model.precision)
         allowed = [p for p in precisions if p in target.precisions]
@@ -165,10 +158,9 @@ def measure_target(
             if reason is not None or skip is not None:
                 rows.append({**row, "status": "skipped", "reason": reason or skip})
                 continue
-            max_batch = fixed or max(row["batch"], min(CHECK_CHUNK, len(images)))
-            result = _measure_one(
-                target, model, row, plan, images, references[model.role], max_batch
-            )
+            own = model.images if model.images is not None else images
+            max_batch = fixed or max(row["batch"], min(CHECK_CHUNK, len(own)))
+            result = _measure_one(target, model, row, plan, own, references[model.role], max_batch)
             rows.append({**row, **result, **({"power_setup": notes} if notes else {})})
     choose(rows)
     return rows
@@ -197,11 +189,9 @@ def _measure_one(
     device = DEVICE[target.kind]
     protocol = replace(plan.protocol, batch=batch)
     threads = plan.protocol.threads or target.threads or default_threads()
-    path = model.path
-    if runtime == "torch" and model.torch_dir is not None:
-        path = model.torch_dir
-    elif runtime in TENSORRT_RUNTIMES and model.tensorrt_path is not None:
-        path = model.tensorrt_path
+    runner = get_runner(runtime)
+    path = model.file_for(runner)
+    assert path is not None  # `variants` skipped the rows without a file for this runner
     job = Job(
         model=path,
         precision=precision,
@@ -212,9 +202,9 @@ def _measure_one(
     )
     try:
         if device == "remote":
-            outputs, stats = _measure_remote(target, runtime, job, protocol, images)
+            outputs, stats = _measure_remote(target, runner, job, protocol, images)
         else:
-            missing = get_runner(runtime).available(device)
+            missing = runner.available(device)
             if missing is not None:
                 return {"status": "skipped", "reason": missing}
             outputs, stats = measure_in_subprocess(runtime, job, protocol, images)
@@ -226,17 +216,21 @@ def _measure_one(
 
 
 def _measure_remote(
-    target: TargetProfile, runtime: str, job: Job, protocol: MeasureProtocol, images: np.ndarray
+    target: TargetProfile, runner: Runner, job: Job, protocol: MeasureProtocol, images: np.ndarray
 ) -> tuple[np.ndarray, dict[str, Any]]:
     from edgekd.runners import remote_ssh
     from edgekd.runners.ssh import Remote
 
     assert target.connection is not None
     remote = Remote(target.connection)
-    if runtime == "tensorrt":
-        outputs, stats = remote_ssh.measure_trtexec(remote, target, job, protocol, images)
+    if runner.remote == "trtexec":
+        outputs, stats = remote_ssh.measure_trtexec(
+            remote, target, runner.name, job, protocol, images
+        )
     else:
-        outputs, stats = remote_ssh.measure_edgekd(remote, target, runtime, job, protocol, images)
+        outputs, stats = remote_ssh.measure_edgekd(
+            remote, target, runner.name, job, protocol, images
+        )
     stats["machine"] = f"{target.name} ({target.connection.host})"
     return outputs, stats
 

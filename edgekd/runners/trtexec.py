@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekd.runners.tensorrt import build_flags
+from edgekd.runners.backends.tensorrt import build_flags
 
 TRTEXEC_FLAGS = {"FP16": "--fp16", "INT8": "--int8"}
 SUMMARY_LINE = re.compile(

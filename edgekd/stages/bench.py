@@ -8,15 +8,21 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from edgekd.artifacts import Artifact, read_json, write_json
+from edgekd.artifacts import Artifact, write_json
 from edgekd.config.schema import Strict
-from edgekd.stages.base import STAGES, Stage, StageContext
+from edgekd.contracts import ROLES, ModelsIndex
+from edgekd.runners.base import DEFAULT_GATE, MeasureProtocol
+from edgekd.stage import STAGES, Stage, StageContext
+
+PROTOCOL = MeasureProtocol()  # the defaults of the measurement protocol, kept in one place
 
 
 class BenchConfig(Strict):
-    warmup: int = Field(20, ge=0, description="Untimed runs first.")
-    iterations: int = Field(200, ge=10, description="At least this many timed runs.")
-    min_seconds: float = Field(1.0, ge=0, description="And at least this long.")
+    warmup: int = Field(PROTOCOL.warmup, ge=0, description="Untimed runs first.")
+    iterations: int = Field(
+        PROTOCOL.iterations, ge=10, description="At least this many timed runs."
+    )
+    min_seconds: float = Field(PROTOCOL.min_seconds, ge=0, description="And at least this long.")
     batch: list[int] = Field(
         default_factory=lambda: [1], description="Batch sizes timed: one number or a list."
     )
@@ -27,7 +33,7 @@ class BenchConfig(Strict):
         500, gt=0, description="Test images each runner's outputs are checked on before timing."
     )
     min_top1_agreement: dict[str, float] = Field(
-        default_factory=lambda: {"fp32": 99.5, "fp16": 99.0, "int8": 99.0},
+        default_factory=lambda: dict(DEFAULT_GATE),
         description="Least top-1 agreement (%) with PyTorch per precision for a row to pass "
         "(and be chosen).",
     )
@@ -45,43 +51,43 @@ class BenchConfig(Strict):
         return value
 
 
-ROLE_INPUTS = {"teacher": "teacher", "student_fp32": "student_fp32", "final": "student"}
-
-
 @STAGES.register("bench")
 class BenchStage(Stage):
     Config = BenchConfig
-    requires = ("onnx", "teacher", "student_fp32", "student")
+    requires = ("onnx", *(role.artifact for role in ROLES))
     produces = ("bench",)
     uses = ("seed", "data", "targets")
 
     def run(self, ctx: StageContext, cfg: BenchConfig) -> dict[str, Artifact]:
         import numpy as np
 
+        from edgekd import training
         from edgekd.data.datasets import normalize
-        from edgekd.runners.base import MeasureProtocol
         from edgekd.runners.targets import BenchModel, BenchPlan, Reference, measure_target
-        from edgekd.stages import context
 
-        _, splits = context.prepare(ctx.plan)
+        _, data = training.prepare(ctx.plan)
         onnx_dir = ctx.input_path("onnx")
-        index = read_json(onnx_dir / "models.json")["models"]
-        n = min([cfg.check_images] + [m["reference"]["images"] for m in index if m["reference"]])
-        images = normalize(splits.test.images[:n], splits)
+        index = ModelsIndex.read(onnx_dir).models
+        n = min([cfg.check_images] + [m.reference.images for m in index if m.reference])
         models, references = [], {}
         for m in index:
-            path = onnx_dir / m["file"]
-            folder = ctx.input_path(ROLE_INPUTS[m["role"]])
-            if m["reference"]:
-                torch_dir = folder
-                outputs = np.load(onnx_dir / m["reference"]["file"])[:n]
-                references[m["role"]] = Reference(outputs, "torch")
+            path = onnx_dir / m.file
+            splits = training.for_model(data, {"preprocessing": m.preprocessing})
+            images = normalize(splits.test.images[:n], splits)
+            if m.reference:
+                torch_dir = ctx.input_path(m.role.artifact)
+                outputs = np.load(onnx_dir / m.reference.file)[:n]
+                references[m.role.value] = Reference(outputs, "torch")
             else:  # an ONNX teacher: no PyTorch model exists, the file is its own reference
                 torch_dir = None
-                outputs = context.onnx_predict(path, images).numpy()
-                references[m["role"]] = Reference(outputs, "onnxruntime-cpu")
-            tensorrt = onnx_dir / m["file_tensorrt"] if m.get("file_tensorrt") else None
-            models.append(BenchModel(m["role"], path, m["precision"], torch_dir, tensorrt))
+                outputs = training.onnx_predict(path, images).numpy()
+                references[m.role.value] = Reference(outputs, "onnxruntime-cpu")
+            tensorrt = onnx_dir / m.file_tensorrt if m.file_tensorrt else None
+            models.append(
+                BenchModel(m.role.value, path, m.precision, torch_dir, tensorrt, images.numpy())
+            )
+        shared = models[0].images  # each model carries its own; this is the fallback
+        assert shared is not None
         plan = BenchPlan(
             protocol=MeasureProtocol(
                 cfg.warmup, cfg.iterations, cfg.min_seconds, cfg.batch[0], cfg.threads
@@ -93,7 +99,7 @@ class BenchStage(Stage):
         rows = []
         for target, source in zip(ctx.plan.targets, ctx.plan.config.targets, strict=True):
             ctx.log(f"target {target.name} ({target.kind})")
-            for row in measure_target(target, source, models, plan, images.numpy(), references):
+            for row in measure_target(target, source, models, plan, shared, references):
                 rows.append(row)
                 ctx.log("  " + row_line(row))
         path = ctx.dir / "bench.json"

@@ -7,10 +7,11 @@ from typing import Any
 
 from pydantic import Field
 
-from edgekd.artifacts import Artifact, atomic_path, read_json, write_json
+from edgekd.artifacts import Artifact, atomic_path, read_json
 from edgekd.config.schema import Strict
+from edgekd.contracts import ROLES, ExportedModel, ModelsIndex, Role
 from edgekd.errors import ParityError
-from edgekd.stages.base import STAGES, Stage, StageContext
+from edgekd.stage import STAGES, Stage, StageContext
 
 
 class Tolerance(Strict):
@@ -48,7 +49,7 @@ def require_parity(name: str, check: dict[str, Any], tol: Tolerance) -> None:
 @STAGES.register("export")
 class ExportStage(Stage):
     Config = ExportConfig
-    requires = ("teacher", "student_fp32", "student")
+    requires = tuple(role.artifact for role in ROLES)
     produces = ("onnx",)
     uses = ("seed", "data")
 
@@ -56,6 +57,7 @@ class ExportStage(Stage):
         import numpy as np
         import torch
 
+        from edgekd import training
         from edgekd.data.datasets import normalize
         from edgekd.export.onnx import (
             export_onnx,
@@ -68,22 +70,24 @@ class ExportStage(Stage):
         from edgekd.models import zoo
         from edgekd.models.io import file_bytes, load_model
         from edgekd.quant import nncf_qat
-        from edgekd.stages import context
 
-        _, splits = context.prepare(ctx.plan)
-        test_images = normalize(splits.test.images, splits)
-        example = torch.zeros(1, *splits.input_shape)
+        _, data = training.prepare(ctx.plan)
+        example = torch.zeros(1, *data.input_shape)
         out = ctx.dir / "onnx"
         out.mkdir(exist_ok=True)
-        roles = {"teacher": "teacher", "student_fp32": "student_fp32", "final": "student"}
+        roles = list(ROLES)
         if ctx.inputs["student"].sha256 == ctx.inputs["student_fp32"].sha256:
-            roles.pop("student_fp32")  # no qat/prune ran: the final model is the FP32 student
-        index: list[dict[str, Any]] = []
-        for role, artifact in roles.items():
-            if read_json(ctx.input_path(artifact) / "model.json").get("format") == "onnx":
-                index.append(self._copy_onnx(ctx, role, artifact, out, test_images, splits))
+            roles.remove(Role.STUDENT_FP32)  # no qat/prune ran: the final model is the FP32 one
+        index: list[ExportedModel] = []
+        for role in roles:
+            folder = ctx.input_path(role.artifact)
+            meta = read_json(folder / "model.json")
+            splits = training.for_model(data, meta)  # each model sees its own normalisation
+            test_images = normalize(splits.test.images, splits)
+            if meta.get("format") == "onnx":
+                index.append(self._copy_onnx(ctx, role, folder, out, test_images, splits))
                 continue
-            model, meta = load_model(ctx.input_path(artifact))
+            model, meta = load_model(folder)
             precision = "int8" if meta.get("quantization") else "fp32"
             params = zoo.count_params(model)
             macs = zoo.count_macs(model, example)
@@ -120,61 +124,59 @@ class ExportStage(Stage):
                 float((torch.from_numpy(logits).argmax(1) == splits.test.labels).float().mean())
                 * 100
             )
-            entry: dict[str, Any] = {
-                "role": role,
-                "file": path.name,
-                "precision": precision,
-                "params": params,
-                "macs": macs,
-                "bytes": file_bytes(path),
-                "test_acc": round(accuracy, 2),
-                "test_images": len(splits.test),
-                "parity": check,
-                "reference": {"file": reference.name, "images": len(check_images)},
-                "file_tensorrt": portable.name if portable else None,
-            }
+            entry = ExportedModel(
+                role=role,
+                file=path.name,
+                precision=precision,
+                params=params,
+                macs=macs,
+                bytes=file_bytes(path),
+                test_acc=round(accuracy, 2),
+                test_images=len(splits.test),
+                parity=check,
+                reference={"file": reference.name, "images": len(check_images)},
+                file_tensorrt=portable.name if portable else None,
+                preprocessing=splits.preprocessing(),
+            )
             index.append(entry)
-            ctx.metrics[f"{role}_{precision}_test_acc"] = entry["test_acc"]
+            ctx.metrics[f"{role}_{precision}_test_acc"] = entry.test_acc
             ctx.log(
-                f"{path.name}: {entry['bytes'] / 1024:.0f} KiB, onnxruntime test accuracy "
+                f"{path.name}: {entry.bytes / 1024:.0f} KiB, onnxruntime test accuracy "
                 f"{accuracy:.2f}%, parity max |diff| {check['max_abs_diff']:.2e}, top-1 "
                 f"agreement {check['top1_agreement']:.2f}%"
             )
-        write_json(
-            out / "models.json",
-            {"models": index, "preprocessing": splits.preprocessing(), "classes": splits.classes},
-        )
-        ctx.metrics["models"] = index
+        models = ModelsIndex(models=index, classes=data.classes)
+        models.write(out)
+        ctx.metrics["models"] = models.model_dump(mode="json")["models"]
         return {"onnx": ctx.artifact("onnx", out)}
 
     def _copy_onnx(
-        self, ctx: StageContext, role: str, artifact: str, out: Any, test_images: Any, splits: Any
-    ) -> dict[str, Any]:
+        self, ctx: StageContext, role: Role, source: Any, out: Any, test_images: Any, splits: Any
+    ) -> ExportedModel:
         """A teacher given as ONNX is used as it is: copied, and scored with onnxruntime."""
         import shutil
 
         from edgekd.models.io import file_bytes
-        from edgekd.stages.context import onnx_predict
+        from edgekd.training import onnx_predict
 
         path = out / f"{role}_fp32.onnx"
-        source = ctx.input_path(artifact)
         shutil.copyfile(source / "model.onnx", path)
         logits = onnx_predict(path, test_images)
         accuracy = float((logits.argmax(1) == splits.test.labels).float().mean()) * 100
         meta = read_json(source / "model.json")
-        entry = {
-            "role": role,
-            "file": path.name,
-            "precision": "fp32",
-            "params": meta.get("params"),
-            "macs": None,
-            "bytes": file_bytes(path),
-            "test_acc": round(accuracy, 2),
-            "test_images": len(splits.test),
-            "parity": None,
-            "reference": None,  # the file is its own reference (checked with onnxruntime)
-            "file_tensorrt": None,
-        }
-        ctx.metrics[f"{role}_fp32_test_acc"] = entry["test_acc"]
+        entry = ExportedModel(
+            role=role,
+            file=path.name,
+            precision="fp32",
+            params=meta.get("params"),
+            macs=None,
+            bytes=file_bytes(path),
+            test_acc=round(accuracy, 2),
+            test_images=len(splits.test),
+            parity=None,
+            reference=None,  # the file is its own reference (checked with onnxruntime)
+            preprocessing=splits.preprocessing(),
+        )
+        ctx.metrics[f"{role}_fp32_test_acc"] = entry.test_acc
         ctx.log(f"{path.name}: the given ONNX teacher, onnxruntime test accuracy {accuracy:.2f}%")
         return entry

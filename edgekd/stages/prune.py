@@ -8,13 +8,21 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from edgekd.artifacts import Artifact
-from edgekd.config.schema import Strict, TrainConfig
+from edgekd.config.schema import PathStr, Schedule, Strict, TrainConfig, default
 from edgekd.errors import EdgeKDError
-from edgekd.stages.base import STAGES, Stage, StageContext
+from edgekd.stage import STAGES, Stage, StageContext
 from edgekd.stages.qat import check_calibration
 
 if TYPE_CHECKING:
-    from edgekd.pipeline import Plan
+    from edgekd.plan import Plan
+
+
+class PruneTrain(TrainConfig):
+    """The prune stage's recovery defaults."""
+
+    epochs: float = default(TrainConfig, "epochs", 1)
+    lr: float = default(TrainConfig, "lr", 0.01)
+    schedule: Schedule = default(TrainConfig, "schedule", "cosine")
 
 
 class PruneConfig(Strict):
@@ -32,14 +40,13 @@ class PruneConfig(Strict):
         description="Training images used to re-estimate BatchNorm statistics "
         "right after pruning (0 = keep the old ones).",
     )
-    calibration: str | None = Field(
+    calibration: PathStr | None = Field(
         None,
         description="Calibration set used to re-quantize a "
         "quantized student after pruning; required after `qat`.",
     )
-    train: TrainConfig = Field(
-        default_factory=lambda: TrainConfig(epochs=1, lr=0.01, schedule="cosine"),
-        description="KD recovery fine-tuning after pruning.",
+    train: PruneTrain = Field(
+        default_factory=PruneTrain, description="KD recovery fine-tuning after pruning."
     )
 
 
@@ -50,7 +57,7 @@ class PruneStage(Stage):
     produces = ("student",)
 
     def check(self, cfg: Any, plan: Plan, index: int) -> None:
-        after_qat = any(s.name == "qat" for s in plan.stages[:index])
+        after_qat = any(s.stage.quantizes for s in plan.stages[:index])
         if after_qat and cfg.calibration is None:
             raise plan.doc.error(
                 ("stages", index),
@@ -63,6 +70,7 @@ class PruneStage(Stage):
     def run(self, ctx: StageContext, cfg: PruneConfig) -> dict[str, Artifact]:
         import torch
 
+        from edgekd import training
         from edgekd.data.datasets import batches, sample
         from edgekd.distill.trainer import evaluate
         from edgekd.models import zoo
@@ -70,12 +78,12 @@ class PruneStage(Stage):
         from edgekd.models.specs import ModelSpec
         from edgekd.prune.depgraph import channel_counts, prune_channels, recalibrate_batchnorm
         from edgekd.quant import nncf_qat
-        from edgekd.stages import context
 
-        device, splits = context.prepare(ctx.plan)
-        loaded, meta = context.load_input_model(ctx, "student")
+        device, data = training.prepare(ctx.plan)
+        loaded, meta = training.load_input_model(ctx, "student")
+        splits = training.for_model(data, meta)
         spec = ModelSpec.model_validate(meta["spec"])
-        model = context.build_model(spec, splits)
+        model = training.build_model(spec, splits)
         state = nncf_qat.float_state(loaded)
         resize_to_state_dict(model, state)
         load_state(model, state, "student")
@@ -93,7 +101,7 @@ class PruneStage(Stage):
                     "the student is quantized: set `calibration:` on the prune "
                     "stage so the pruned model can be re-quantized"
                 )
-            cal_cfg, calibration = context.calibration_set(ctx.plan, cfg.calibration, splits)
+            cal_cfg, calibration = training.calibration_set(ctx.plan, cfg.calibration, splits)
             # Same NNCF preset as the qat stage that quantized the student.
             preset = meta.get("quant_preset", "performance")
             model = nncf_qat.quantize(
@@ -105,11 +113,11 @@ class PruneStage(Stage):
             f"pruned {params_before} → {zoo.count_params(model)} parameters; test accuracy "
             f"before recovery {ctx.metrics['pruned_test_acc']:.2f}%"
         )
-        context.train(ctx, model, cfg.train, splits, device, "prune recovery")
+        training.train(ctx, model, cfg.train, splits, device, "prune recovery")
         meta.update(
             pruned={"ratio": cfg.ratio, "round_to": cfg.round_to},
             quantization=nncf_qat.config(model) if quantized else None,
         )
-        artifact = context.save_and_score(ctx, "student", model, meta, splits, device)
+        artifact = training.save_and_score(ctx, "student", model, meta, splits, device)
         ctx.log(f"pruned student test accuracy {ctx.metrics['test_acc']:.2f}%")
         return {"student": artifact}

@@ -8,26 +8,32 @@ from pydantic import Field
 
 from edgekd.artifacts import Artifact
 from edgekd.config.loader import load_yaml, validate
-from edgekd.config.schema import CalibrationConfig, Strict, TrainConfig
+from edgekd.config.schema import CalibrationConfig, PathStr, Schedule, Strict, TrainConfig, default
 from edgekd.errors import EdgeKDError
-from edgekd.stages.base import STAGES, Stage, StageContext
+from edgekd.stage import STAGES, Stage, StageContext
 
 if TYPE_CHECKING:
-    from edgekd.pipeline import Plan
+    from edgekd.plan import Plan
+
+
+class QATTrain(TrainConfig):
+    """The qat stage's training defaults: a low rate keeps the calibrated ranges useful."""
+
+    epochs: float = default(TrainConfig, "epochs", 1)
+    lr: float = default(TrainConfig, "lr", 0.005)
+    schedule: Schedule = default(TrainConfig, "schedule", "cosine")
 
 
 class QATConfig(Strict):
-    calibration: str = Field(
+    calibration: PathStr = Field(
         "calibration/fashion-mnist-train-1024.yaml",
         description="Calibration-set definition (calibration/*.yaml).",
     )
     preset: Literal["performance", "mixed"] = Field(
         "performance", description="NNCF preset: symmetric everywhere, or asymmetric activations."
     )
-    train: TrainConfig = Field(
-        default_factory=lambda: TrainConfig(epochs=1, lr=0.005, schedule="cosine"),
-        description="KD fine-tuning of the quantized student; a low rate keeps the "
-        "calibrated ranges useful.",
+    train: QATTrain = Field(
+        default_factory=QATTrain, description="KD fine-tuning of the quantized student."
     )
 
 
@@ -52,23 +58,25 @@ class QATStage(Stage):
     Config = QATConfig
     requires = ("teacher", "student")
     produces = ("student",)
+    quantizes = True
 
     def check(self, cfg: Any, plan: Plan, index: int) -> None:
         check_calibration(plan, index, cfg.calibration)
 
     def run(self, ctx: StageContext, cfg: QATConfig) -> dict[str, Artifact]:
+        from edgekd import training
         from edgekd.distill.trainer import evaluate
         from edgekd.quant import nncf_qat
-        from edgekd.stages import context
 
-        device, splits = context.prepare(ctx.plan)
-        model, meta = context.load_input_model(ctx, "student")
+        device, data = training.prepare(ctx.plan)
+        model, meta = training.load_input_model(ctx, "student")
+        splits = training.for_model(data, meta)
         if meta.get("quantization"):
             raise EdgeKDError("the student is already quantized; a pipeline has one `qat` stage")
         ctx.metrics["fp32_test_acc"] = round(
             evaluate(model.to(device), splits.test, splits, device), 2
         )
-        cal_cfg, calibration = context.calibration_set(ctx.plan, cfg.calibration, splits)
+        cal_cfg, calibration = training.calibration_set(ctx.plan, cfg.calibration, splits)
         quantized = nncf_qat.quantize(
             model, calibration, splits, cal_cfg.batch_size, device, cfg.preset
         )
@@ -77,12 +85,12 @@ class QATStage(Stage):
             f"FP32 {ctx.metrics['fp32_test_acc']:.2f}% → PTQ INT8 "
             f"{ctx.metrics['ptq_test_acc']:.2f}% (calibrated on {len(calibration)} images)"
         )
-        context.train(ctx, quantized, cfg.train, splits, device, "qat")
+        training.train(ctx, quantized, cfg.train, splits, device, "qat")
         meta.update(
             quantization=nncf_qat.config(quantized),
             calibration=cal_cfg.model_dump(),
             quant_preset=cfg.preset,
         )
-        artifact = context.save_and_score(ctx, "student", quantized, meta, splits, device)
+        artifact = training.save_and_score(ctx, "student", quantized, meta, splits, device)
         ctx.log(f"QAT INT8 test accuracy {ctx.metrics['test_acc']:.2f}%")
         return {"student": artifact}

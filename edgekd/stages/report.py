@@ -6,7 +6,7 @@ from pydantic import Field
 
 from edgekd.artifacts import Artifact, write_json, write_text
 from edgekd.config.schema import Strict
-from edgekd.stages.base import STAGES, Stage, StageContext
+from edgekd.stage import STAGES, Stage, StageContext
 
 
 class ReportConfig(Strict):

@@ -1,4 +1,8 @@
-"""Stage `student`: train the small student with the distillation loss against the teacher."""
+"""Stage `student`: train the small student with the distillation loss against the teacher.
+
+The architecture is the `architecture` artifact of an earlier stage when one produced it (a
+search), else the stage's own `model:`.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,20 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from edgekd.artifacts import Artifact
-from edgekd.config.schema import Strict, TrainConfig
+from edgekd.config.schema import Normalization, Strict, TrainConfig, default
 from edgekd.models.specs import ModelSpec
-from edgekd.stages.base import STAGES, Stage, StageContext
+from edgekd.stage import STAGES, Stage, StageContext
 from edgekd.stages.teacher import check_model_spec
 
 if TYPE_CHECKING:
-    from edgekd.pipeline import Plan
+    from edgekd.plan import Plan
+
+
+class StudentTrain(TrainConfig):
+    """The student stage's training defaults."""
+
+    epochs: float = default(TrainConfig, "epochs", 3)
+    lr: float = default(TrainConfig, "lr", 0.1)
 
 
 class AssistantConfig(Strict):
@@ -21,17 +32,25 @@ class AssistantConfig(Strict):
     teacher first and then teaches the student, bridging a large capacity gap."""
 
     model: ModelSpec = Field(description="Architecture of the assistant.")
-    train: TrainConfig = Field(
-        default_factory=lambda: TrainConfig(epochs=3, lr=0.1),
+    train: StudentTrain = Field(
+        default_factory=StudentTrain,
         description="Training of the assistant (same `distill.losses`, from the teacher).",
     )
 
 
 class StudentConfig(Strict):
-    model: ModelSpec = Field(description="Architecture of the student (`arch` + its settings).")
-    train: TrainConfig = Field(
-        default_factory=lambda: TrainConfig(epochs=3, lr=0.1),
-        description="Training settings; the loss is `distill.losses`.",
+    model: ModelSpec | None = Field(
+        None,
+        description="Architecture of the student (`arch` + its settings); taken only when no "
+        "earlier stage (a search) produces the `architecture` artifact.",
+    )
+    normalize: Normalization | None = Field(
+        None,
+        description="The student's input normalisation, written into the exported model's "
+        "preprocess.json; null: the training split's statistics.",
+    )
+    train: StudentTrain = Field(
+        default_factory=StudentTrain, description="Training settings; the loss is `distill.losses`."
     )
     assistant: AssistantConfig | None = Field(
         None,
@@ -44,28 +63,42 @@ class StudentConfig(Strict):
 class StudentStage(Stage):
     Config = StudentConfig
     requires = ("teacher",)
+    optional = ("architecture",)
     produces = ("student", "student_fp32")
 
     def check(self, cfg: Any, plan: Plan, index: int) -> None:
-        check_model_spec(plan, index, cfg.model)
+        from edgekd.distill import rules
+
+        searched = "architecture" in plan.produced_before(index)
+        if cfg.model is None and not searched:
+            raise plan.doc.error(
+                ("stages", index),
+                "the student needs `model:` (no earlier stage produces an `architecture`)",
+            )
+        if cfg.model is not None:
+            check_model_spec(plan, index, cfg.model)
         if cfg.assistant is not None:
             check_model_spec(plan, index, cfg.assistant.model, ("assistant", "model"))
-            for i, (name, _, term) in enumerate(plan.losses):
-                if getattr(term, "kind", "") in ("feature", "relation"):
-                    raise plan.doc.error(
-                        ("distill", "losses", i),
-                        f"{name} pairs layers of the teacher and the student by name; with an "
-                        "assistant the layer names of the teacher do not apply to it. Use logit "
-                        "losses with `assistant:`",
-                    )
+            rules.check_plan(plan, assistant=True)
 
     def run(self, ctx: StageContext, cfg: StudentConfig) -> dict[str, Artifact]:
-        from edgekd.stages import context
+        from edgekd import training
+        from edgekd.contracts import Architecture
 
-        device, splits = context.prepare(ctx.plan)
+        device, data = training.prepare(ctx.plan)
+        splits = training.normalized(data, cfg.normalize)
+        if ctx.has_input("architecture"):
+            chosen = Architecture.read(ctx.input_path("architecture"))
+            spec = ModelSpec.model_validate(chosen.model)
+            ctx.log(f"architecture from {chosen.source or 'an earlier stage'}: {chosen.model}")
+            if cfg.model is not None:
+                ctx.log("the stage's own `model:` is not used: an earlier stage chose one")
+        else:
+            assert cfg.model is not None  # checked when the plan was loaded
+            spec = cfg.model
         if cfg.assistant is not None:
-            assistant = context.build_model(cfg.assistant.model, splits)
-            context.train(
+            assistant = training.build_model(cfg.assistant.model, splits)
+            training.train(
                 ctx,
                 assistant,
                 cfg.assistant.train,
@@ -75,13 +108,13 @@ class StudentStage(Stage):
                 fresh=True,
                 history_key="assistant_history",
             )
-            meta = context.model_meta(cfg.assistant.model, splits, role="teacher assistant")
-            context.save_and_score(ctx, "assistant", assistant, meta, splits, device, "assistant_")
+            meta = training.model_meta(cfg.assistant.model, splits, role="teacher assistant")
+            training.save_and_score(ctx, "assistant", assistant, meta, splits, device, "assistant_")
             ctx.log(f"assistant test accuracy {ctx.metrics['assistant_test_acc']:.2f}%")
             ctx.teacher_override = ctx.dir / "assistant"
-        model = context.build_model(cfg.model, splits)
-        context.train(ctx, model, cfg.train, splits, device, "student", fresh=True)
-        meta = context.model_meta(cfg.model, splits)
-        artifact = context.save_and_score(ctx, "student", model, meta, splits, device)
+        model = training.build_model(spec, splits)
+        training.train(ctx, model, cfg.train, splits, device, "student", fresh=True)
+        meta = training.model_meta(spec, splits)
+        artifact = training.save_and_score(ctx, "student", model, meta, splits, device)
         ctx.log(f"student test accuracy {ctx.metrics['test_acc']:.2f}%")
         return {"student": artifact, "student_fp32": artifact}

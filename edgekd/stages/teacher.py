@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -10,28 +11,49 @@ from pydantic import Field
 
 from edgekd.artifacts import Artifact
 from edgekd.config.loader import validate
-from edgekd.config.schema import AugmentConfig, Strict, TrainConfig
+from edgekd.config.schema import (
+    AugmentConfig,
+    Normalization,
+    PathStr,
+    Strict,
+    TrainConfig,
+    default,
+)
 from edgekd.errors import EdgeKDError
 from edgekd.models.specs import MODEL_CONFIGS, ModelSpec
-from edgekd.stages.base import STAGES, Stage, StageContext
+from edgekd.stage import STAGES, Stage, StageContext
 
 if TYPE_CHECKING:
-    from edgekd.pipeline import Plan
+    from edgekd.data.datasets import Splits
+    from edgekd.plan import Plan
+
+
+class TeacherTrain(TrainConfig):
+    """The teacher stage's training defaults (used only when `weights` is null)."""
+
+    epochs: float = default(TrainConfig, "epochs", 8)
+    lr: float = default(TrainConfig, "lr", 0.2)
 
 
 class TeacherConfig(Strict):
     model: ModelSpec | None = Field(
         None, description="Architecture of the teacher (`arch` + its settings)."
     )
-    weights: str | None = Field(
+    weights: PathStr | None = Field(
         None,
         description="Trained weights (.safetensors, or a "
         "state_dict loaded with weights_only=True); null = train here.",
     )
-    onnx: str | None = Field(
+    onnx: PathStr | None = Field(
         None,
         description="A teacher from any framework as an .onnx file (NCHW float input, logits "
         "output), run through onnxruntime; it teaches with logit losses. Replaces `model`.",
+    )
+    normalize: Normalization | None = Field(
+        None,
+        description="The teacher's input normalisation. null: from the model.json beside "
+        "`weights`/`onnx` (X.json beside X.safetensors), else the training split's statistics "
+        "(with a warning); a torchvision ImageNet teacher needs ImageNet's mean and std.",
     )
     label_smoothing: float = Field(
         0.0,
@@ -40,8 +62,8 @@ class TeacherConfig(Strict):
         description="Label smoothing used to train the teacher here, or the one the given "
         "weights were trained with; edgekd warns that it weakens KD when > 0.",
     )
-    train: TrainConfig = Field(
-        default_factory=lambda: TrainConfig(epochs=8, lr=0.2, batch_size=128),
+    train: TeacherTrain = Field(
+        default_factory=TeacherTrain,
         description="Training settings, used only when `weights` is null.",
     )
     augment: AugmentConfig = Field(
@@ -75,31 +97,49 @@ class TeacherStage(Stage):
         if cfg.onnx is not None:
             if not plan.resolve(cfg.onnx).exists():
                 raise plan.doc.error(
-                    ("stages", index, "onnx"),
-                    f"ONNX teacher {cfg.onnx!r} not found (looked in the working directory and "
-                    f"{plan.path.parent})",
+                    ("stages", index, "onnx"), f"ONNX teacher {plan.not_found(cfg.onnx)}"
                 )
             return
         check_model_spec(plan, index, cfg.model)
         if cfg.weights is not None and not plan.resolve(cfg.weights).exists():
             raise plan.doc.error(
                 ("stages", index, "weights"),
-                f"weights file {cfg.weights!r} "
-                f"not found (looked in the working directory and "
-                f"{plan.path.parent}); set `weights: null` to train a teacher",
+                f"weights file {plan.not_found(cfg.weights)}; set `weights: null` to train a "
+                "teacher",
             )
 
-    def run(self, ctx: StageContext, cfg: TeacherConfig) -> dict[str, Artifact]:
-        from edgekd.distill.distiller import Distiller
-        from edgekd.distill.specs import CEConfig
-        from edgekd.models.io import load_state, read_weights
-        from edgekd.stages import context
+    def reads(self, cfg: Any, plan: Plan) -> dict[str, Path]:
+        """Also the model.json beside the teacher's file: it holds its normalisation."""
+        from edgekd.training import sidecar
 
-        device, splits = context.prepare(ctx.plan)
+        files = super().reads(cfg, plan)
+        for key in ("weights", "onnx"):
+            value = getattr(cfg, key)
+            meta = sidecar(plan.resolve(value)) if value is not None else None
+            if meta is not None:
+                files[f"{key} (model.json)"] = meta
+        return files
+
+    def run(self, ctx: StageContext, cfg: TeacherConfig) -> dict[str, Artifact]:
+        from edgekd import training
+        from edgekd.distill.distiller import Distiller
+        from edgekd.distill.losses.ce import CEConfig
+        from edgekd.models.io import load_state, read_weights
+
+        device, data = training.prepare(ctx.plan)
+        given = cfg.onnx or cfg.weights
+        if given is not None:
+            splits, source, guessed = training.teacher_normalization(
+                cfg.normalize, ctx.plan.resolve(given), data, "the teacher"
+            )
+            ctx.log(f"{'warning: ' if guessed else ''}teacher inputs normalised with {source}")
+            ctx.metrics["normalization_from"] = source
+        else:
+            splits = training.normalized(data, cfg.normalize)
         if cfg.onnx is not None:
             return {"teacher": self._onnx_teacher(ctx, cfg, splits)}
         assert cfg.model is not None
-        model = context.build_model(cfg.model, splits)
+        model = training.build_model(cfg.model, splits)
         if cfg.weights is not None:
             path = ctx.plan.resolve(cfg.weights)
             load_state(model, read_weights(path), str(path))
@@ -107,7 +147,7 @@ class TeacherStage(Stage):
             ctx.metrics["weights"] = str(path)
         else:
             ce_only = Distiller([("ce", 1.0, CEConfig(label_smoothing=cfg.label_smoothing))])
-            context.train(
+            training.train(
                 ctx,
                 model,
                 cfg.train,
@@ -118,28 +158,28 @@ class TeacherStage(Stage):
                 augment=cfg.augment,
             )
         model.to(device)
-        meta = context.model_meta(
+        meta = training.model_meta(
             cfg.model,
             splits,
             trained_by="edgekd teacher stage" if cfg.weights is None else f"weights {cfg.weights}",
             label_smoothing=cfg.label_smoothing,
         )
-        artifact = context.save_and_score(ctx, "teacher", model, meta, splits, device)
+        artifact = training.save_and_score(ctx, "teacher", model, meta, splits, device)
         ctx.log(
             f"teacher test accuracy {ctx.metrics['test_acc']:.2f}% on {len(splits.test)} images"
         )
         return {"teacher": artifact}
 
-    def _onnx_teacher(self, ctx: StageContext, cfg: TeacherConfig, splits: Any) -> Artifact:
+    def _onnx_teacher(self, ctx: StageContext, cfg: TeacherConfig, splits: Splits) -> Artifact:
         """Copy the ONNX teacher into the run, check it on the test split, record its meta."""
         import shutil
 
         import onnx
 
+        from edgekd import training
         from edgekd.artifacts import atomic_path
         from edgekd.data.datasets import normalize
         from edgekd.models.io import file_bytes
-        from edgekd.stages import context
 
         assert cfg.onnx is not None
         source = ctx.plan.resolve(cfg.onnx)
@@ -161,7 +201,7 @@ class TeacherStage(Stage):
             tmp.mkdir()
             shutil.copyfile(source, tmp / "model.onnx")
             (tmp / "model.json").write_text(json.dumps(meta, indent=2))
-        logits = context.onnx_predict(
+        logits = training.onnx_predict(
             directory / "model.onnx", normalize(splits.test.images, splits)
         )
         if logits.ndim != 2 or logits.shape[1] != len(splits.classes):

@@ -133,3 +133,62 @@ def test_shipped_pipelines_validate():
     ]:
         plan = load_plan(path)
         assert plan.stages, path
+
+
+def test_a_loss_listed_twice_is_refused_with_the_second_line(write_yaml):
+    text = GOOD.replace(
+        "stages:\n",
+        "distill:\n  losses:\n    - {name: kd, weight: 1}\n    - {name: ce}\n"
+        "    - {name: kd, weight: 0.5}\nstages:\n",
+    )
+    msg = error_of(write_yaml, text)
+    assert msg.startswith("FILE:8: distill.losses[2].name: the loss 'kd' is listed twice")
+    assert "first at line 6" in msg
+
+
+def test_a_stage_takes_its_own_training_defaults_for_keys_not_given(write_yaml):
+    plan = load_plan(write_yaml(GOOD))
+    student = plan.stages[1].cfg.train
+    assert (student.epochs, student.lr) == (1, 0.1)  # only epochs given: lr is the student's
+    teacher = plan.stages[0].cfg.train
+    assert (teacher.epochs, teacher.lr) == (8, 0.2)
+
+
+def test_a_profile_runtime_must_be_a_registered_runner(tmp_path, write_yaml):
+    profile = tmp_path / "board.yaml"
+    profile.write_text(
+        "name: board\nkind: local-cpu\nruntimes:\n  - onnxruntime\n  - openvno\n"
+        "precisions: [fp32]\n"
+    )
+    msg = error_of(write_yaml, GOOD.replace("stages:\n", f"targets: [{profile}]\nstages:\n"))
+    assert msg.startswith(f"{profile}:5: runtimes[1]: ")
+    assert "unknown runner 'openvno'" in msg and 'did you mean "openvino"?' in msg
+
+
+def test_validate_show_prints_every_default_as_yaml_that_loads_back(write_yaml, capsys):
+    import yaml
+
+    from edgekd.cli import main
+    from edgekd.models.specs import MODEL_CONFIGS
+
+    path = write_yaml(GOOD)
+    assert main(["validate", "--show", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "lr: 0.1" in text and "# Peak learning rate (SGD with Nesterov momentum)." in text
+    shown = yaml.safe_load(text)
+    assert shown["stages"][1]["train"]["lr"] == 0.1 and shown["stages"][0]["train"]["epochs"] == 8
+    assert shown["stages"][1]["model"] == {"arch": "tiny_cnn", "widths": [4]}
+    assert shown["distill"]["losses"][1] == {"name": "kd", "weight": 0.9, "temperature": 4.0}
+    # The shown pipeline is the same pipeline (architectures with their defaults written out).
+    again = load_plan(write_yaml(text, "shown.yaml"))
+    original = load_plan(path)
+    for a, b in zip(again.stages, original.stages, strict=True):
+        assert a.cfg.model_copy(update={"model": None}) == b.cfg.model_copy(update={"model": None})
+        arch = MODEL_CONFIGS.get(b.cfg.model.arch)
+        assert arch.model_validate(a.cfg.model.arch_kwargs()) == arch.model_validate(
+            b.cfg.model.arch_kwargs()
+        )
+    assert again.losses == original.losses
+    assert (again.scheme, again.scheme_cfg) == (original.scheme, original.scheme_cfg)
+    rest = {"stages": True, "distill": {"losses", "scheme"}}
+    assert again.config.model_dump(exclude=rest) == original.config.model_dump(exclude=rest)

@@ -1,5 +1,7 @@
 """Splits, augmentation and ImageFolder loading."""
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
@@ -10,8 +12,20 @@ from edgekd.data.datasets import _random_crop, batches, load_splits, normalize
 from edgekd.errors import DataNotFoundError
 
 
+def _digests(images):
+    return [hashlib.sha1(image.numpy().tobytes()).hexdigest() for image in images]
+
+
 def test_splits_are_disjoint_and_sized(splits):
     assert len(splits.train) == 2000 and len(splits.val) == 500 and len(splits.test) == 1000
+    # Fashion-MNIST has no two identical images (checked on all 70,000), so images that are
+    # equal byte for byte are the same image: no image is in two splits, none is repeated.
+    train, val, test = (_digests(s.images) for s in (splits.train, splits.val, splits.test))
+    rest = _digests(splits.rest.images)
+    assert len(set(train)) == len(train) and len(set(val)) == len(val)
+    assert not set(train) & set(val) and not set(train) & set(test) and not set(val) & set(test)
+    assert not set(train) & set(rest) and not set(val) & set(rest)
+    assert len(train) + len(rest) + len(val) == 60_000  # the held-out rest plus the two splits
     assert splits.input_shape == (1, 28, 28) and len(splits.classes) == 10
     # Normalised training pixels have mean ≈ 0 and std ≈ 1.
     x = normalize(splits.train.images, splits)

@@ -6,13 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from edgekd.config.schema import AugmentConfig, BYOTConfig, DMLConfig, TrainConfig
+from edgekd.config.schema import AugmentConfig, TrainConfig
 from edgekd.data.datasets import Batch
 from edgekd.distill import functional
-from edgekd.distill.distiller import Distiller, DistillSetupError, Scheme
-from edgekd.distill.losses import Outputs
-from edgekd.distill.specs import LOSS_CONFIGS
+from edgekd.distill.distiller import Distiller, DistillSetupError
+from edgekd.distill.loss import LOSSES
+from edgekd.distill.scheme import SCHEMES
 from edgekd.distill.teacher import Teacher
+from edgekd.distill.terms import Outputs, build
 from edgekd.distill.trainer import fit
 from edgekd.models import zoo
 from edgekd.models.specs import ModelSpec
@@ -27,7 +28,12 @@ def tiny(widths=(8, 16), seed=0):
 
 
 def term(name, weight=1.0, **cfg):
-    return (name, weight, LOSS_CONFIGS.get(name).model_validate(cfg))
+    return (name, weight, LOSSES.get(name).Config.model_validate(cfg))
+
+
+def scheme(name, **cfg):
+    cls = SCHEMES.get(name)
+    return build(cls, cls.Config.model_validate(cfg))
 
 
 def batch(n=6, labels=None):
@@ -39,8 +45,8 @@ def pair(student, teacher, capture="output"):
     return {"student": student, "teacher": teacher, "capture": capture}
 
 
-def built(terms, student, teachers, scheme=None, num_data=6):
-    distiller = Distiller(terms, scheme)
+def built(terms, student, teachers, arrangement=None, num_data=6, **modes):
+    distiller = Distiller(terms, arrangement, **modes)
     distiller.build(student, teachers, X[:2], 10, num_data)
     return distiller
 
@@ -97,8 +103,10 @@ def test_feature_loss_gradients_reach_the_student_and_connector_only():
 def test_average_of_kd_over_teachers_is_kd_to_the_averaged_soft_targets():
     s = tiny()
     t1, t2 = tiny((8, 16), seed=1), tiny((12, 24), seed=2)
-    scheme = Scheme(multi_teacher="average", teacher_weights=[3.0, 1.0])
-    d = built([term("kd", temperature=2.0)], s, [t1, t2], scheme)
+    d = built(
+        [term("kd", temperature=2.0)], s, [t1, t2], multi_teacher="average",
+        teacher_weights=[3.0, 1.0],
+    )  # fmt: skip
     loss, _ = step(d, s, [t1, t2])
     grad = torch.autograd.grad(loss, s[1][2].weight)[0]
     # Reference: cross-entropy to 0.75·p1 + 0.25·p2 at T = 2, times T² (same gradient as KL).
@@ -111,7 +119,7 @@ def test_average_of_kd_over_teachers_is_kd_to_the_averaged_soft_targets():
 
 def test_random_mode_reads_one_teacher_per_batch_and_both_over_time():
     s, t1, t2 = tiny(), tiny(seed=1), tiny(seed=2)
-    d = built([term("kd")], s, [t1, t2], Scheme(multi_teacher="random"))
+    d = built([term("kd")], s, [t1, t2], multi_teacher="random")
     chosen = [d.teachers_for_step() for _ in range(20)]
     assert all(len(c) == 1 for c in chosen)
     assert {c[0] for c in chosen} == {0, 1}
@@ -120,18 +128,18 @@ def test_random_mode_reads_one_teacher_per_batch_and_both_over_time():
 def test_split_mode_gives_logits_to_teacher_0_and_features_to_teacher_1():
     s, t1, t2 = tiny(), tiny((8, 16), seed=1), tiny((12, 24), seed=2)
     terms = [term("kd"), term("fitnet", pairs=[pair("0.5", "0.5")])]
-    d = built(terms, s, [t1, t2], Scheme(multi_teacher="split"))
-    assert [x.cfg.kind for x in d.teacher_terms(0)] == ["response"]
-    assert [x.cfg.kind for x in d.teacher_terms(1)] == ["feature"]
+    d = built(terms, s, [t1, t2], multi_teacher="split")
+    assert [x.reads for x in d.teacher_terms(0)] == ["response"]
+    assert [x.reads for x in d.teacher_terms(1)] == ["feature"]
     assert d.teacher_keys(0) == [] and d.teacher_keys(1) == ["0.5"]
     # The connector was sized for teacher 1 (24 channels), not teacher 0 (16).
     assert d.losses["fitnet"].connectors[0][0].out_channels == 24
     with pytest.raises(DistillSetupError, match="split needs exactly two teachers"):
-        built(terms, s, [t1], Scheme(multi_teacher="split"))
+        built(terms, s, [t1], multi_teacher="split")
 
 
 def test_logits_only_teacher_cannot_feed_feature_losses():
-    with pytest.raises(DistillSetupError, match="ONNX model and gives logits only"):
+    with pytest.raises(DistillSetupError, match="is an ONNX model that gives logits only"):
         built([term("at", pairs=[pair("0.5", "0.5")])], tiny(), [None])
 
 
@@ -198,37 +206,38 @@ def changed(before, module):
 
 def test_dml_trains_every_peer_and_peers_start_different(splits):
     s = tiny()
-    d = Distiller([term("ce")], Scheme(name="dml", dml=DMLConfig(peers=3)))
+    d = Distiller([term("ce")], scheme("dml", peers=3))
     d.build(s, [], X[:2], 10, len(splits.train), fresh_student=True)
-    assert len(d.peers) == 2
-    assert not torch.equal(d.peers[0][0][0].weight, s[0][0].weight)  # own initialisation
-    before_s, before_p = snapshot(s), [snapshot(p) for p in d.peers]
+    peers = d.scheme.peers
+    assert len(peers) == 2
+    assert not torch.equal(peers[0][0][0].weight, s[0][0].weight)  # own initialisation
+    before_s, before_p = snapshot(s), [snapshot(p) for p in peers]
     history = train_briefly(s, splits, d, [])
     assert history[0]["dml"] > 0
     assert changed(before_s, s)
-    assert all(changed(b, p) for b, p in zip(before_p, d.peers, strict=True))
+    assert all(changed(b, p) for b, p in zip(before_p, peers, strict=True))
 
 
 def test_dml_peers_copied_from_a_trained_student_see_their_own_flips():
     s = tiny()
-    d = Distiller([term("ce")], Scheme(name="dml"))
+    d = Distiller([term("ce")], scheme("dml"))
     d.build(s, [], X[:2], 10, 6, fresh_student=False, hflip=True)
-    assert torch.equal(d.peers[0][0][0].weight, s[0][0].weight) and d.peer_flips
+    assert torch.equal(d.scheme.peers[0][0][0].weight, s[0][0].weight) and d.scheme.peer_flips
     _, logged = step(d, s, [])
     assert logged["dml"] > 0  # identical weights, different views: the peers disagree
 
 
 def test_byot_exits_are_trained_and_stay_out_of_the_student(splits):
     s = tiny((8, 16, 32))
-    scheme = Scheme(name="byot", byot=BYOTConfig(exits=["0.2", "0.5"]))
-    d = Distiller([term("ce")], scheme)
+    d = Distiller([term("ce")], scheme("byot", exits=["0.2", "0.5"]))
     d.build(s, [], X[:2], 10, len(splits.train))
-    assert [e.fc.in_features for e in d.exits] == [32, 32]  # the deepest embedding's width
-    before = [snapshot(e) for e in d.exits]
+    exits = d.scheme.exits
+    assert [e.fc.in_features for e in exits] == [32, 32]  # the deepest embedding's width
+    before = [snapshot(e) for e in exits]
     keys_before = set(s.state_dict())
     history = train_briefly(s, splits, d, [])
     assert history[0]["byot"] > 0
-    assert all(changed(b, e) for b, e in zip(before, d.exits, strict=True))
+    assert all(changed(b, e) for b, e in zip(before, exits, strict=True))
     assert set(s.state_dict()) == keys_before
 
 
@@ -308,7 +317,7 @@ def test_random_draws_and_crd_sampling_resume_exactly_from_a_checkpoint():
     pairs = [pair("1.2", "1.2", "input")]
 
     def make():
-        d = Distiller([term("kd")], Scheme(multi_teacher="random"))
+        d = Distiller([term("kd")], multi_teacher="random")
         d.build(s, [t1, t2], X[:2], 10, 50)
         c = Distiller([term("crd", negatives=8, feat_dim=8, pairs=pairs)])
         c.build(s, [t1], X[:2], 10, 50, labels=torch.arange(50) % 10)

@@ -96,6 +96,11 @@ def test_gradients_reach_the_only_tensor_input(fn: str, key: str) -> None:
     assert grad is not None and float(grad.abs().sum()) > 0
 
 
+def test_tf_kd_reg_rejects_an_unknown_form() -> None:
+    with pytest.raises(ValueError, match="form"):
+        call("tf_kd_reg_loss", CASES["tf_kd_reg_loss"][0], form="Authors")
+
+
 @pytest.mark.parametrize("fn", ZERO_WHEN_EQUAL)
 def test_zero_when_the_student_is_the_teacher(fn: str) -> None:
     case = CASES[fn][0]

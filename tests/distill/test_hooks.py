@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from edgekd.distill.hooks import FeaturePathError, capture, feature_key, resolve, shapes
+from edgekd.distill.hooks import FeaturePathError, capture, resolve, shapes
+from edgekd.distill.loss import feature_key
 from edgekd.models import zoo
 from edgekd.models.specs import ModelSpec
 

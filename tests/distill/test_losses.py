@@ -6,8 +6,10 @@ import torch
 from edgekd.data.datasets import Batch
 from edgekd.distill.distiller import Distiller
 from edgekd.distill.functional import kd_loss
-from edgekd.distill.losses import LOSSES, Outputs
-from edgekd.distill.specs import LOSS_CONFIGS, CEConfig, KDConfig
+from edgekd.distill.loss import LOSSES
+from edgekd.distill.losses.ce import CEConfig
+from edgekd.distill.losses.kd import KDConfig
+from edgekd.distill.terms import Outputs
 
 # Worked out independently with numpy from Hinton et al. eq. (2):
 # T² · mean_i Σ_c p_t log(p_t / p_s), p = softmax(z / T), for these logits at T = 2.
@@ -27,16 +29,16 @@ def test_kd_is_zero_when_student_equals_teacher():
 
 
 def test_kd_gradient_keeps_its_size_across_temperatures():
-    # The T² factor keeps soft-target gradients of comparable size as T changes (Hinton §2).
+    # Hinton §2: the soft targets' gradients scale as 1/T², so KD multiplies by T² to keep them
+    # the same size as T changes. Measured ratio here 1.03; without T² it is 0.064.
     torch.manual_seed(0)
     teacher = torch.randn(64, 10) * 3
     sizes = []
     for t in (2.0, 8.0):
         student = torch.zeros(64, 10, requires_grad=True)
         kd_loss(student, teacher, t).backward()
-        sizes.append(float(student.grad.norm()) * t)  # without T², grad shrinks as 1/T²
-    unscaled_ratio = (2.0 / 8.0) ** 2
-    assert sizes[1] / sizes[0] > 2 * unscaled_ratio
+        sizes.append(float(student.grad.norm()))
+    assert 0.5 < sizes[1] / sizes[0] < 2
 
 
 def test_gradients_reach_the_student_only():
@@ -60,5 +62,13 @@ def test_distiller_sums_weighted_terms_and_logs_each():
     assert not Distiller([("ce", 1.0, CEConfig())]).needs_teacher
 
 
-def test_every_loss_config_has_a_module():
-    assert LOSSES.names() == LOSS_CONFIGS.names()
+def test_every_loss_declares_its_config_and_what_it_reads():
+    from edgekd.distill.loss import Loss, LossConfig
+
+    assert len(LOSSES.names()) == 14
+    for name in LOSSES.names():
+        cls = LOSSES.get(name)
+        assert issubclass(cls, Loss) and issubclass(cls.Config, LossConfig), name
+        assert cls.reads in ("labels", "response", "feature", "relation"), name
+        assert cls.Config.__doc__ and cls.Config.__doc__ != LossConfig.__doc__, name
+        assert all(f.description for f in cls.Config.model_fields.values()), name

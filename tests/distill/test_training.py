@@ -6,7 +6,8 @@ import torch
 from edgekd.config.schema import AugmentConfig, TrainConfig
 from edgekd.data.datasets import batches
 from edgekd.distill.distiller import Distiller
-from edgekd.distill.specs import CEConfig, KDConfig
+from edgekd.distill.losses.ce import CEConfig
+from edgekd.distill.losses.kd import KDConfig
 from edgekd.distill.teacher import Teacher, cache_logits
 from edgekd.distill.trainer import evaluate, fit
 from edgekd.models import zoo
@@ -77,12 +78,15 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(splits, tmp_path
 def test_checkpoint_of_another_config_is_not_resumed(splits, tmp_path):
     ckpt = tmp_path / "checkpoint.pt"
     cfg = TrainConfig(epochs=1, lr=0.05)
-    train(tiny(), splits, cfg, checkpoint=ckpt, key="old")
+    old = tiny(seed=7)  # another start and rate: its finished checkpoint is not the reference
+    train(old, splits, TrainConfig(epochs=1, lr=0.2), checkpoint=ckpt, key="old")
     fresh, reference = tiny(), tiny()
     train(fresh, splits, cfg, checkpoint=ckpt, key="new")
     train(reference, splits, cfg)
     for a, b in zip(fresh.state_dict().values(), reference.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)
+    # Had the old checkpoint been resumed (its one epoch done), `fresh` would be `old`.
+    assert not torch.equal(old.state_dict()["0.0.weight"], reference.state_dict()["0.0.weight"])
 
 
 def test_cached_teacher_logits_equal_live_ones(splits, tmp_path):

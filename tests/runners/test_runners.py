@@ -11,14 +11,21 @@ from edgekd.export.onnx import export_onnx
 from edgekd.models import zoo
 from edgekd.models.io import save_model
 from edgekd.models.specs import ModelSpec
-from edgekd.runners.base import Job, MeasureProtocol, batch_of, summarize, time_calls
-from edgekd.runners.onnxruntime import logits_function
+from edgekd.runners.backends.onnxruntime import logits_function
+from edgekd.runners.base import (
+    RUNNERS,
+    Job,
+    MeasureProtocol,
+    batch_of,
+    get_runner,
+    summarize,
+    time_calls,
+)
 from edgekd.runners.targets import (
     BenchModel,
     BenchPlan,
     Reference,
     choose,
-    get_runner,
     measure_target,
     unreachable,
 )
@@ -101,10 +108,32 @@ def test_runner_matches_pytorch_and_records_latency(tiny, runtime):
     assert stats.versions and stats.precision == "fp32"
 
 
-def test_gpu_only_runners_say_why_on_this_machine():
-    for runtime in ("tensorrt", "onnxruntime-trt"):
-        assert "GPU" in get_runner(runtime).available("cpu")
-    assert "CPU only" in get_runner("openvino").available("cuda")
+def test_runners_declare_what_they_take_where_they_run_and_how_remotely():
+    table = {
+        name: (RUNNERS.get(name).takes, RUNNERS.get(name).devices, RUNNERS.get(name).remote)
+        for name in RUNNERS.names()
+    }
+    assert table == {
+        "onnxruntime": ("onnx", ("cpu", "cuda"), "edgekd"),
+        "onnxruntime-trt": ("onnx_qdq", ("cuda",), "edgekd"),
+        "openvino": ("onnx", ("cpu",), "edgekd"),
+        "tensorrt": ("onnx_qdq", ("cuda",), "trtexec"),
+        "torch": ("model_dir", ("cpu", "cuda"), "edgekd"),
+    }
+    assert all(get_runner(name).name == name for name in RUNNERS.names())
+
+
+def test_a_gpu_runner_on_a_cpu_target_is_a_row_that_says_why(tiny):
+    path, folder, images, logits = tiny
+    target = CPU_TARGET.model_copy(update={"runtimes": ["tensorrt", "onnxruntime-trt"]})
+    rows = measure_target(
+        target, "cpu.yaml", [BenchModel("final", path, "fp32", folder)], PLAN, images,
+        {"final": Reference(logits, "torch")},
+    )  # fmt: skip
+    assert [(r["runtime"], r["status"]) for r in rows] == [
+        ("tensorrt", "skipped"), ("onnxruntime-trt", "skipped"),
+    ]  # fmt: skip
+    assert all("runs on cuda, not cpu" in r["reason"] for r in rows)
 
 
 def test_measure_target_checks_times_and_chooses(tiny):

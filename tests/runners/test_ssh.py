@@ -142,12 +142,24 @@ def test_values_never_reach_the_remote_shell_unquoted(sshd, tmp_path):
     assert (tmp_path / "odd name; x.py").read_bytes() == Path(__file__).read_bytes()
 
 
-def test_unknown_host_key_is_refused_not_accepted(sshd, tiny):
+def test_changed_host_key_is_refused(sshd, tiny):
     wrong = sshd.known_hosts.replace("known_hosts", "wrong_known_hosts")
     before = Path(wrong).read_text()
     reason = unreachable(device(sshd, known_hosts=wrong), "device.yaml")
     assert "host key" in reason and "does not accept unknown keys" in reason
     assert Path(wrong).read_text() == before  # nothing was added to the file
+
+
+def test_host_missing_from_known_hosts_is_refused_not_added(sshd, tiny, tmp_path):
+    # What StrictHostKeyChecking=accept-new would let through (and write down): a host the
+    # known_hosts file does not list at all.
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    reason = unreachable(device(sshd, known_hosts=str(empty)), "device.yaml")
+    assert "host key" in reason and "does not accept unknown keys" in reason
+    assert empty.read_text() == ""
+    rows = measure_fp32(device(sshd, known_hosts=str(empty)), tiny)
+    assert rows[0]["status"] == "skipped" and "host key" in rows[0]["reason"]
 
 
 def test_unreachable_device_is_a_row_with_its_reason(sshd, tiny):
@@ -226,21 +238,28 @@ def test_remote_tensorrt_checks_in_chunks_the_engine_accepts(trtexec_device, tin
 
 
 def test_deploy_pushes_the_bundle_and_builds_it_on_the_device(trtexec_device, tiny):
-    from edgekd.artifacts import write_json
+    from edgekd.artifacts import Artifact, sha256_path, write_json
+    from edgekd.contracts import ExportedModel, ModelsIndex, Role
     from edgekd.deploy import deploy
 
     target, folder = trtexec_device
     path, _, _ = tiny
-    onnx_dir = folder / "run" / "04_export" / "onnx"
+    # A run whose export stage is not named *_export: deploy finds it through the manifests.
+    onnx_dir = folder / "run" / "03_convert" / "onnx"
     onnx_dir.mkdir(parents=True)
     (onnx_dir / "final_fp32.onnx").write_bytes(path.read_bytes())
-    final = {"role": "final", "file": "final_fp32.onnx", "precision": "fp32", "test_acc": 50.0}
     pre = {"layout": "NCHW", "channels": 1, "size": [28, 28], "scale": 1 / 255}
-    write_json(
-        onnx_dir / "models.json",
-        {"models": [final], "preprocessing": {**pre, "mean": [0.5], "std": [0.5]},
-         "classes": [str(i) for i in range(10)]},
+    final = ExportedModel(
+        role=Role.FINAL, file="final_fp32.onnx", precision="fp32", params=None, macs=None,
+        bytes=path.stat().st_size, test_acc=50.0, test_images=10,
+        preprocessing={**pre, "mean": [0.5], "std": [0.5]},
     )  # fmt: skip
+    ModelsIndex(models=[final], classes=[str(i) for i in range(10)]).write(onnx_dir)
+    output = Artifact("onnx", "03_convert/onnx", sha256_path(onnx_dir))
+    write_json(
+        onnx_dir.parent / "manifest.json",
+        {"stage": "export", "status": "done", "outputs": {"onnx": output.to_json()}},
+    )
     target = target.model_copy(update={"precisions": ["fp16"]})
     result = deploy(folder / "run", target, "d.yaml", None)
     assert result["pushed"] and result["engine"]["tensorrt"] == "10.3.0"

@@ -10,9 +10,8 @@ import torch
 from edgekd.export.onnx import export_onnx
 from edgekd.models import zoo
 from edgekd.models.specs import ModelSpec
-from edgekd.runners.base import Job, MeasureProtocol
-from edgekd.runners.targets import get_runner
-from edgekd.runners.tensorrt import EngineMismatchError, check_engine, mismatch
+from edgekd.runners.backends.tensorrt import EngineMismatchError, check_engine, mismatch
+from edgekd.runners.base import Job, MeasureProtocol, get_runner
 
 HERE = {"tensorrt": "10.3.0", "gpu": "Orin", "compute_capability": "8.7", "cuda": "12.6"}
 

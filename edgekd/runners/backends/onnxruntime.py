@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from edgekd.runners.base import (
-    RUNNERS,
     Job,
     LatencyStats,
     MeasureProtocol,
+    Remote,
+    Takes,
     job_stats,
     missing,
+    register,
     time_calls,
 )
 
@@ -30,11 +32,15 @@ def _provider_missing(provider: str) -> str | None:
     )
 
 
-@RUNNERS.register("onnxruntime")
+@register("onnxruntime")
 class OnnxRuntimeRunner:
     """The ONNX file as it is: FP32, or INT8 Q/DQ run by onnxruntime's own INT8 kernels."""
 
-    name = "onnxruntime"
+    name: ClassVar[str]
+    takes: ClassVar[Takes] = "onnx"
+    devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    remote: ClassVar[Remote] = "edgekd"
+    why_not: ClassVar[str] = ""
 
     def available(self, device: str) -> str | None:
         reason = missing("onnxruntime", "pip install onnxruntime")
@@ -83,15 +89,14 @@ class OnnxRuntimeRunner:
         )
 
 
-@RUNNERS.register("onnxruntime-trt")
+@register("onnxruntime-trt")
 class OnnxRuntimeTensorRTRunner(OnnxRuntimeRunner):
     """onnxruntime's TensorRT provider: FP32, FP16 built from an FP32 file, or Q/DQ INT8."""
 
-    name = "onnxruntime-trt"
+    takes: ClassVar[Takes] = "onnx_qdq"  # TensorRT folds and fuses NNCF's Q/DQ itself
+    devices: ClassVar[tuple[str, ...]] = ("cuda",)
 
     def available(self, device: str) -> str | None:
-        if device != "cuda":
-            return "the TensorRT provider needs an NVIDIA GPU"
         return missing("onnxruntime", "pip install onnxruntime-gpu") or _provider_missing(
             "TensorrtExecutionProvider"
         )

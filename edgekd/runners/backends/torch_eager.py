@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from edgekd.runners.base import RUNNERS, Job, LatencyStats, MeasureProtocol, job_stats, time_calls
+from edgekd.runners.base import (
+    Job,
+    LatencyStats,
+    MeasureProtocol,
+    Remote,
+    Takes,
+    job_stats,
+    register,
+    time_calls,
+)
 
 
-@RUNNERS.register("torch")
+@register("torch")
 class TorchRunner:
     """Runs the model folder a stage saved (model.json + safetensors), not the ONNX file."""
 
-    name = "torch"
-    why_not = " (eager INT8 is float math with fake quantizers, nothing a device runs)"
+    name: ClassVar[str]
+    takes: ClassVar[Takes] = "model_dir"
+    devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    remote: ClassVar[Remote] = "edgekd"
+    why_not: ClassVar[str] = (
+        " (eager INT8 is float math with fake quantizers, nothing a device runs)"
+    )
 
     def available(self, device: str) -> str | None:
         import torch

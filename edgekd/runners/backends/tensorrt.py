@@ -12,19 +12,21 @@ import json
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from edgekd.artifacts import atomic_path, sha256_path, write_json
 from edgekd.errors import BackendMissingError, EdgeKDError
 from edgekd.runners.base import (
-    RUNNERS,
     Job,
     LatencyStats,
     MeasureProtocol,
+    Remote,
+    Takes,
     job_stats,
     missing,
+    register,
     time_calls,
 )
 
@@ -158,13 +160,15 @@ def build_engine(job: Job, out: Path, here: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
-@RUNNERS.register("tensorrt")
+@register("tensorrt")
 class TensorRTRunner:
-    name = "tensorrt"
+    name: ClassVar[str]
+    takes: ClassVar[Takes] = "onnx_qdq"  # TensorRT folds and fuses NNCF's Q/DQ itself
+    devices: ClassVar[tuple[str, ...]] = ("cuda",)
+    remote: ClassVar[Remote] = "trtexec"  # engines are built on the device that runs them
+    why_not: ClassVar[str] = ""
 
     def available(self, device: str) -> str | None:
-        if device != "cuda":
-            return "TensorRT needs an NVIDIA GPU"
         import torch
 
         if not torch.cuda.is_available():

@@ -2,28 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from edgekd.runners.base import (
-    RUNNERS,
     Job,
     LatencyStats,
     MeasureProtocol,
+    Remote,
+    Takes,
     job_stats,
     missing,
+    register,
     time_calls,
 )
 
 
-@RUNNERS.register("openvino")
+@register("openvino")
 class OpenVINORunner:
-    name = "openvino"
+    name: ClassVar[str]
+    takes: ClassVar[Takes] = "onnx"
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)  # edgekd runs OpenVINO on the x86 CPU only
+    remote: ClassVar[Remote] = "edgekd"
+    why_not: ClassVar[str] = ""
 
     def available(self, device: str) -> str | None:
-        if device != "cpu":
-            return "edgekd runs OpenVINO on the x86 CPU only"
         return missing("openvino", "pip install openvino")
 
     def precisions(self, file_precision: str) -> list[str]:

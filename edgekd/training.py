@@ -1,4 +1,5 @@
-"""Torch-side helpers the training stages share: device, data, teacher, evaluation, saving."""
+"""Torch-side helpers the training stages share: device, data and each model's normalisation,
+teachers, evaluation, saving, and the resumable training call."""
 
 from __future__ import annotations
 
@@ -8,29 +9,39 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgekd.artifacts import Artifact, read_json, sha256_json, sha256_path
+from edgekd.artifacts import Artifact, content_digest, read_json, sha256_json, sha256_path
 from edgekd.config.loader import validate
-from edgekd.config.schema import AugmentConfig, CalibrationConfig, ExtraTeacher, TrainConfig
+from edgekd.config.schema import (
+    AugmentConfig,
+    CalibrationConfig,
+    ExtraTeacher,
+    Normalization,
+    TrainConfig,
+)
 from edgekd.data.datasets import (
     ImageSet,
     Splits,
     load_splits,
     model_to_device,
     normalize,
+    renormalizer,
     sample,
 )
-from edgekd.distill.distiller import Distiller, DistillSetupError, Scheme
+from edgekd.distill.distiller import Distiller, DistillSetupError
+from edgekd.distill.scheme import SCHEMES
 from edgekd.distill.teacher import LogitsFn, Teacher, cache_logits
+from edgekd.distill.terms import build
 from edgekd.distill.trainer import evaluate, fit
 from edgekd.models import zoo
-from edgekd.models.io import file_bytes, load_model, load_state, read_weights, save_model
+from edgekd.models.io import META, file_bytes, load_model, load_state, read_weights, save_model
 from edgekd.models.specs import ModelSpec
-from edgekd.pipeline import Plan, unlabeled_digest
-from edgekd.stages.base import StageContext
+from edgekd.plan import Plan
+from edgekd.stage import StageContext
 
 
 def prepare(plan: Plan) -> tuple[torch.device, Splits]:
-    """Seed, thread count, device and data for a stage."""
+    """Seed, thread count, device and data for a stage; the splits are normalised with the
+    training split's statistics (see `normalized`, `for_model`)."""
     cfg = plan.config
     torch.manual_seed(cfg.seed)
     if cfg.threads:
@@ -38,6 +49,53 @@ def prepare(plan: Plan) -> tuple[torch.device, Splits]:
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     root = str(plan.resolve(cfg.data.root)) if cfg.data.root else None
     return torch.device("cuda" if use_cuda else "cpu"), load_splits(cfg.data, cfg.seed, root)
+
+
+def normalized(splits: Splits, setting: Normalization | None) -> Splits:
+    """The splits normalised as a model's `normalize:` setting says (None: the training
+    split's statistics)."""
+    return splits if setting is None else splits.normalized_by(setting.mean, setting.std)
+
+
+def for_model(splits: Splits, meta: dict[str, Any]) -> Splits:
+    """The splits normalised as the saved model `meta` (its model.json) was trained."""
+    pre = meta.get("preprocessing") or {}
+    if "mean" not in pre or "std" not in pre:
+        return splits
+    return splits.normalized_by(pre["mean"], pre["std"])
+
+
+def sidecar(path: Path) -> Path | None:
+    """The model.json that describes a weights or ONNX file: `X.json` beside `X.safetensors`,
+    or the `model.json` of the model folder the file is in."""
+    for candidate in (path.with_suffix(".json"), path.parent / META):
+        if candidate != path and candidate.is_file():
+            return candidate
+    return None
+
+
+def teacher_normalization(
+    setting: Normalization | None, file: Path | None, splits: Splits, who: str
+) -> tuple[Splits, str, bool]:
+    """The splits normalised as a given teacher expects, where that normalisation came from,
+    and whether it is a guess: the YAML's `normalize:`, else the model.json beside the
+    teacher's file, else the training split's statistics (a guess, said so)."""
+    if setting is not None:
+        return normalized(splits, setting), "the YAML's normalize:", False
+    meta = sidecar(file) if file is not None else None
+    if meta is not None:
+        pre = read_json(meta).get("preprocessing") or {}
+        if "mean" in pre and "std" in pre:
+            return splits.normalized_by(pre["mean"], pre["std"]), str(meta), False
+    return (
+        splits,
+        (
+            f"the training split's statistics: no normalize: in the YAML and no model.json beside "
+            f"{file}. If {who} was trained with other statistics (ImageNet's, say), set "
+            "`normalize: {mean: [...], std: [...]}`"
+        ),
+        True,
+    )
 
 
 def build_model(spec: ModelSpec, splits: Splits) -> nn.Module:
@@ -62,14 +120,8 @@ def load_input_model(ctx: StageContext, name: str) -> tuple[nn.Module, dict[str,
 
 def distiller(plan: Plan) -> Distiller:
     cfg = plan.config.distill
-    scheme = Scheme(
-        name=cfg.scheme,
-        dml=cfg.dml,
-        byot=cfg.byot if cfg.scheme == "byot" else None,
-        multi_teacher=cfg.multi_teacher,
-        teacher_weights=cfg.teacher_weights,
-    )
-    return Distiller(plan.losses, scheme)
+    scheme = build(SCHEMES.get(plan.scheme), plan.scheme_cfg)
+    return Distiller(plan.losses, scheme, cfg.multi_teacher, cfg.teacher_weights)
 
 
 def _load_teacher(path: Path) -> tuple[nn.Module | None, LogitsFn | None, dict[str, Any]]:
@@ -83,7 +135,7 @@ def _load_teacher(path: Path) -> tuple[nn.Module | None, LogitsFn | None, dict[s
 
 def onnx_logits_fn(path: Path) -> LogitsFn:
     """An ONNX model run through onnxruntime, as a function on normalised torch batches."""
-    from edgekd.runners.onnxruntime import logits_function
+    from edgekd.runners.backends.onnxruntime import logits_function
 
     run = logits_function(path)
     return lambda images: torch.from_numpy(run(images.float().cpu().numpy()))
@@ -96,43 +148,50 @@ def onnx_predict(path: Path, images: torch.Tensor, batch_size: int = 256) -> tor
 
 
 def _extra_teacher(
-    plan: Plan, spec: ExtraTeacher, splits: Splits
-) -> tuple[nn.Module | None, LogitsFn | None, str]:
+    ctx: StageContext, spec: ExtraTeacher, splits: Splits
+) -> tuple[nn.Module | None, LogitsFn | None, str, Splits]:
+    plan = ctx.plan
+    path = plan.resolve(spec.onnx or spec.weights or "")
+    own, source, guessed = teacher_normalization(spec.normalize, path, splits, "this teacher")
+    if guessed:
+        ctx.log(f"warning: {path.name}: normalising its inputs with {source}")
     if spec.onnx is not None:
-        path = plan.resolve(spec.onnx)
-        return None, onnx_logits_fn(path), sha256_path(path)
-    assert spec.model is not None and spec.weights is not None
+        return None, onnx_logits_fn(path), sha256_path(path), own
+    assert spec.model is not None
     model = build_model(ModelSpec.model_validate(spec.model), splits)
-    path = plan.resolve(spec.weights)
     load_state(model, read_weights(path), str(path))
-    return model, None, sha256_json([sha256_path(path), spec.model])
+    return model, None, sha256_json([sha256_path(path), spec.model]), own
 
 
 def teachers(
     ctx: StageContext, splits: Splits, device: torch.device, distill: Distiller, train: ImageSet
 ) -> list[Teacher]:
     """Teacher 0 (the teacher stage's, or `ctx.teacher_override`) and `distill.teachers`, each
-    with cached logits when no loss reads its features and the augmentation allows it."""
+    fed in its own normalisation (`splits` is the student's), with cached logits when no loss
+    reads its features and the augmentation allows it."""
     plan = ctx.plan
     cfg = plan.config.distill
     first = ctx.teacher_override or ctx.input_path("teacher")
     model, fn, meta = _load_teacher(first)
-    sources = [(model, fn, sha256_path(first))]
+    sources = [(model, fn, sha256_path(first), for_model(splits, meta))]
     smoothing = [float(meta.get("label_smoothing", 0.0))]
     for spec in cfg.teachers:
-        sources.append(_extra_teacher(plan, spec, splits))
+        sources.append(_extra_teacher(ctx, spec, splits))
         smoothing.append(spec.label_smoothing)
     distill.num_teachers = len(sources)
-    # What the cached logits depend on besides the teacher (the unlabeled folder walked once).
+    # What the cached logits depend on besides the teacher and its normalisation.
+    unlabeled = cfg.unlabeled
     data_key = [
-        unlabeled_digest(plan),
+        content_digest(plan.resolve(unlabeled.source))
+        if unlabeled and unlabeled.source != "train_rest"
+        else None,
         plan.config.data.model_dump(mode="json"),
         plan.config.seed,
         len(train),
-        cfg.unlabeled.model_dump() if cfg.unlabeled else None,
+        unlabeled.model_dump() if unlabeled else None,
     ]
     out = []
-    for i, (t_model, t_fn, digest) in enumerate(sources):
+    for i, (t_model, t_fn, digest, own) in enumerate(sources):
         reads_features = bool(distill.teacher_keys(i))
         cached = None
         if (
@@ -140,17 +199,18 @@ def teachers(
             and plan.config.data.augment.crop_pad == 0
             and not reads_features
         ):
-            tag = sha256_json([digest, *data_key])[:16]
+            tag = sha256_json([digest, *data_key, [list(own.mean), list(own.std)]])[:16]
             path = ctx.run_dir / "cache" / f"teacher{i}-logits-{tag}.safetensors"
             if not path.exists():
                 ctx.log(
                     f"caching teacher {i}'s logits for {len(train)} images and their mirror images"
                 )
             cached = cache_logits(
-                t_model if t_model is not None else t_fn, train, splits, device, path
+                t_model if t_model is not None else t_fn, train, own, device, path
             )
-        out.append(Teacher(t_model, device, cached, t_fn, name=f"teacher {i}"))
-        if smoothing[i] > 0 and any(t.kind == "response" for t in distill.teacher_terms(i)):
+        inputs = renormalizer(splits, own)
+        out.append(Teacher(t_model, device, cached, t_fn, name=f"teacher {i}", inputs=inputs))
+        if smoothing[i] > 0 and any(t.reads == "response" for t in distill.teacher_terms(i)):
             ctx.log(
                 f"warning: teacher {i} was trained with label smoothing {smoothing[i]}; it "
                 "flattens the teacher's soft targets and erases much of the dark knowledge KD "

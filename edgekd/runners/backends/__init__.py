@@ -1,0 +1,1 @@
+"""One file per registered runner; `RUNNERS` (edgekd/runners/base.py) imports them on use."""
