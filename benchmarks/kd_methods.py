@@ -22,8 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from provenance import commit  # benchmarks/provenance.py
 
 from edgekd.runners.base import cpu_name
+
+MADE_BY = commit()
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_DEFAULT = ROOT / "benchmarks" / "kd_methods.yaml"
@@ -195,8 +198,8 @@ def run(method: str, seed: int, out: Path) -> dict[str, Any]:
 
 
 def teacher_accuracy(out: Path) -> float | None:
-    """The teacher's test accuracy as the runs measured it (the normalisation follows the
-    benchmark's 10,000-image training subset, so it can differ from the flagship's)."""
+    """The teacher's test accuracy as the runs measured it (its normalisation comes from
+    weights/fmnist_resnet_small.json, whatever training subset the benchmark uses)."""
     for manifest in sorted(out.glob("kd_methods-none-s*/00_teacher/manifest.json")):
         return float(json.loads(manifest.read_text())["metrics"]["test_acc"])
     return None
@@ -234,7 +237,8 @@ def render(
     lines = [
         "# Distillation methods on Fashion-MNIST",
         "",
-        f"Measured by `python benchmarks/kd_methods.py --seeds 0 1 2 --sweep` on {cpu_name()} "
+        f"Measured at {MADE_BY} by `python benchmarks/kd_methods.py --seeds 0 1 2 --sweep` "
+        f"on {cpu_name()} "
         f"({_cores()} cores, no GPU), seeds {', '.join(map(str, seeds))}. Every row is "
         "`edgekd run` of `benchmarks/kd_methods.yaml` with only its `distill:` section changed.",
         "",

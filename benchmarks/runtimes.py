@@ -25,11 +25,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from provenance import commit  # benchmarks/provenance.py
 
 from edgekd.artifacts import read_json, write_text
 from edgekd.config.schema import TargetProfile
 from edgekd.runners.base import MeasureProtocol, cpu_name, default_threads
 from edgekd.runners.targets import BenchModel, BenchPlan, Reference, measure_target
+
+MADE_BY = commit()
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_DOC = ROOT / "docs" / "benchmarks" / "runtimes.md"
@@ -243,7 +246,8 @@ def render(flag: list[dict], mnv2: list[dict], repeats: int, wall: float) -> str
     lines = [
         "# Runtimes × precisions on this machine's CPU",
         "",
-        f"Measured by `python benchmarks/runtimes.py --repeats {repeats}` on {cpu_name()} "
+        f"Measured at {MADE_BY} by `python benchmarks/runtimes.py --repeats {repeats}` "
+        f"on {cpu_name()} "
         f"({default_threads()} cores, no GPU), {now}, "
         f"in {wall / 60:.1f} min. Batch 1, {default_threads()} threads, each measurement in a "
         f"fresh process pinned to those cores: {PROTOCOL.warmup} warm-up runs, then at least "
