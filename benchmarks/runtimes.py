@@ -27,8 +27,9 @@ import numpy as np
 import torch
 from provenance import commit  # benchmarks/provenance.py
 
-from edgekd.artifacts import read_json, write_text
+from edgekd.artifacts import find_output, write_text
 from edgekd.config.schema import TargetProfile
+from edgekd.contracts import ModelsIndex, Role
 from edgekd.runners.base import MeasureProtocol, cpu_name, default_threads
 from edgekd.runners.targets import BenchModel, BenchPlan, Reference, measure_target
 
@@ -66,27 +67,39 @@ def test_images(n: int, size: int, preprocessing: dict[str, Any]) -> np.ndarray:
 
 
 def flagship_models(run: Path) -> tuple[list[tuple[BenchModel, Reference]], np.ndarray]:
-    """The run's exported files with their PyTorch references; the final model also as NNCF
-    exported it (the file TensorRT gets), before edgekd's Q/DQ rewrite."""
-    onnx_dir = next(run.glob("*_export")) / "onnx"
-    index = read_json(onnx_dir / "models.json")
-    images = test_images(CHECK_IMAGES[28], 28, index["preprocessing"])
-    folders = {"teacher": "*_teacher/teacher", "student_fp32": "*_student/student"}
+    """The run's exported files with their PyTorch references, each checked on images in its
+    own normalisation; the final model also as NNCF exported it (the file TensorRT gets),
+    before edgekd's Q/DQ rewrite."""
+    found = find_output(run, "onnx")
+    assert found is not None, f"{run}: no export stage finished; run the flagship first"
+    onnx_dir = run / found[1].path
+    index = ModelsIndex.read(onnx_dir)
+    final = index.get(Role.FINAL)
+    assert final is not None
+    shared = test_images(CHECK_IMAGES[28], 28, final.preprocessing)
+    folders = {Role.TEACHER: "*_teacher/teacher", Role.STUDENT_FP32: "*_student/student"}
     out = []
-    for m in index["models"]:
-        reference = Reference(np.load(onnx_dir / m["reference"]["file"])[: len(images)], "torch")
+    for m in index.models:
+        assert m.reference is not None
+        images = test_images(CHECK_IMAGES[28], 28, m.preprocessing)
+        reference = Reference(np.load(onnx_dir / m.reference.file)[: len(images)], "torch")
         # eager INT8 is fake quantization, so the final model gets no torch row
-        torch_dir = next(run.glob(folders[m["role"]])) if m["role"] in folders else None
+        torch_dir = next(run.glob(folders[m.role])) if m.role in folders else None
         out.append(
-            (BenchModel(m["role"], onnx_dir / m["file"], m["precision"], torch_dir), reference)
+            (
+                BenchModel(m.role, onnx_dir / m.file, m.precision, torch_dir, images=images),
+                reference,
+            )
         )
-        if m["role"] == "final":
-            FACTS["final_kernels"] = ort_kernels(onnx_dir / m["file"])
-        if m.get("file_tensorrt"):
-            FACTS["plain_kernels"] = ort_kernels(onnx_dir / m["file_tensorrt"])
-            plain = BenchModel("final (as exported)", onnx_dir / m["file_tensorrt"], m["precision"])
+        if m.role == Role.FINAL:
+            FACTS["final_kernels"] = ort_kernels(onnx_dir / m.file)
+        if m.file_tensorrt:
+            FACTS["plain_kernels"] = ort_kernels(onnx_dir / m.file_tensorrt)
+            plain = BenchModel(
+                "final (as exported)", onnx_dir / m.file_tensorrt, m.precision, images=images
+            )
             out.append((plain, reference))
-    return out, images
+    return out, shared
 
 
 def mobilenet_models(work: Path) -> tuple[list[tuple[BenchModel, Reference]], np.ndarray]:

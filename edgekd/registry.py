@@ -24,12 +24,14 @@ class Registry(Generic[T]):
 
     With `package`, the registry fills itself on first use by importing every module of that
     package (a plugin folder that holds only plugins): a new stage, loss, scheme or runner is
-    one new file there, and no list of names is kept anywhere else.
+    one new file there, and no list of names is kept anywhere else. With `name_attr`, a
+    registered class also gets its name as that attribute, so the name is written once.
     """
 
-    def __init__(self, kind: str, package: str | None = None) -> None:
+    def __init__(self, kind: str, package: str | None = None, name_attr: str | None = None) -> None:
         self.kind = kind
         self.package = package
+        self.name_attr = name_attr
         self._items: dict[str, T] = {}
         self._loaded = package is None
 
@@ -37,6 +39,8 @@ class Registry(Generic[T]):
         def add(obj: T) -> T:
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
+            if self.name_attr is not None:
+                setattr(obj, self.name_attr, name)
             self._items[name] = obj
             return obj
 

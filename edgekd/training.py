@@ -32,8 +32,17 @@ from edgekd.distill.scheme import SCHEMES
 from edgekd.distill.teacher import LogitsFn, Teacher, cache_logits
 from edgekd.distill.terms import build
 from edgekd.distill.trainer import evaluate, fit
+from edgekd.errors import EdgeKDError
 from edgekd.models import zoo
-from edgekd.models.io import META, file_bytes, load_model, load_state, read_weights, save_model
+from edgekd.models.io import (
+    META,
+    WEIGHTS,
+    file_bytes,
+    load_model,
+    load_state,
+    read_weights,
+    save_model,
+)
 from edgekd.models.specs import ModelSpec
 from edgekd.plan import Plan
 from edgekd.stage import StageContext
@@ -66,12 +75,12 @@ def for_model(splits: Splits, meta: dict[str, Any]) -> Splits:
 
 
 def sidecar(path: Path) -> Path | None:
-    """The model.json that describes a weights or ONNX file: `X.json` beside `X.safetensors`,
-    or the `model.json` of the model folder the file is in."""
-    for candidate in (path.with_suffix(".json"), path.parent / META):
-        if candidate != path and candidate.is_file():
-            return candidate
-    return None
+    """The model.json that describes a weights or ONNX file: `X.json` beside `X.safetensors`
+    (or `X.onnx`), or the `model.json` of the edgekd model folder `X` is the weights of."""
+    candidates = [path.with_suffix(".json")]
+    if path.name == WEIGHTS:
+        candidates.append(path.parent / META)
+    return next((c for c in candidates if c != path and c.is_file()), None)
 
 
 def teacher_normalization(
@@ -86,7 +95,13 @@ def teacher_normalization(
     if meta is not None:
         pre = read_json(meta).get("preprocessing") or {}
         if "mean" in pre and "std" in pre:
-            return splits.normalized_by(pre["mean"], pre["std"]), str(meta), False
+            try:
+                return splits.normalized_by(pre["mean"], pre["std"]), str(meta), False
+            except ValueError as exc:
+                raise EdgeKDError(
+                    f"{meta}: preprocessing does not fit the data ({exc}); fix the file or set "
+                    "`normalize:` in the YAML"
+                ) from None
     return (
         splits,
         (

@@ -22,7 +22,7 @@ from edgekd.distill import rules
 from edgekd.distill.hooks import FeaturePathError, capture, resolve, shapes
 from edgekd.distill.loss import LOSSES, Loss
 from edgekd.distill.rules import DistillSetupError
-from edgekd.distill.scheme import SCHEMES, Scheme
+from edgekd.distill.scheme import SCHEMES, Scheme, SchemeSetup, SchemeStep
 from edgekd.distill.terms import Outputs, ShapeError, Shapes, build
 
 __all__ = ["DistillSetupError", "Distiller"]
@@ -158,7 +158,7 @@ class Distiller(nn.Module):
                 raise DistillSetupError(
                     ("losses", i, "pairs", exc.pair), f"{name}: {exc}"
                 ) from None
-        self.scheme.setup(student, s_shapes, num_classes, fresh_student, hflip)
+        self.scheme.setup(SchemeSetup(student, s_shapes, num_classes, fresh_student, hflip))
 
     def _probe(
         self, model: nn.Module, keys: list[str], example: torch.Tensor, who: str
@@ -238,9 +238,10 @@ class Distiller(nn.Module):
             value = self.term_value(self.losses[name], student, teachers, batch)
             total = total + self.weights[name] * value
             logged[name] = float(value.detach())
-        extra: Any = self.scheme.loss(
+        step = SchemeStep(
             self, student, teachers, batch, images if images is not None else batch.images
         )
+        extra: Any = self.scheme.loss(step)
         if extra is not None:
             total = total + extra
             logged[self.scheme.name] = float(extra.detach())

@@ -9,7 +9,7 @@ and never exported.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from edgekd.config.schema import Strict
@@ -28,6 +28,28 @@ else:
     ModuleBase = object
 
 
+@dataclass
+class SchemeSetup:
+    """What a scheme builds its modules from, once the student's feature shapes are known."""
+
+    student: nn.Module
+    shapes: dict[str, torch.Size]  # the student's hooked features (`student_keys`)
+    num_classes: int
+    fresh_student: bool  # the student is untrained (DML re-initialises its peers)
+    hflip: bool  # mirror images are allowed
+
+
+@dataclass
+class SchemeStep:
+    """One training step as a scheme sees it."""
+
+    distiller: Distiller
+    student: Outputs
+    teachers: dict[int, Outputs]
+    batch: Batch
+    images: torch.Tensor  # the batch's images on the device
+
+
 class Scheme(ModuleBase):
     """Base of registered schemes: the extra loss a scheme adds to the distiller's terms."""
 
@@ -43,37 +65,15 @@ class Scheme(ModuleBase):
         """Features of the student the scheme reads (hooked like the losses' features)."""
         return []
 
-    def setup(
-        self,
-        student: nn.Module,
-        shapes: dict[str, torch.Size],
-        num_classes: int,
-        fresh_student: bool,
-        hflip: bool,
-    ) -> None:
-        """Build what the scheme trains, once the student's feature shapes are known.
-        `fresh_student`: the student is untrained; `hflip`: mirror images are allowed."""
+    def setup(self, setup: SchemeSetup) -> None:
+        """Build what the scheme trains beside the student."""
 
-    def loss(
-        self,
-        distiller: Distiller,
-        student: Outputs,
-        teachers: dict[int, Outputs],
-        batch: Batch,
-        images: torch.Tensor,
-    ) -> torch.Tensor | None:
+    def loss(self, step: SchemeStep) -> torch.Tensor | None:
         """The scheme's own term (logged under its name), or None when it adds none."""
         return None
 
 
-SCHEMES: Registry[type[Scheme]] = Registry("scheme", package="edgekd.distill.schemes")
-
-
-def register(name: str) -> Callable[[type[Scheme]], type[Scheme]]:
-    """Register a scheme class under `name`, which is also the name its term is logged as."""
-
-    def add(cls: type[Scheme]) -> type[Scheme]:
-        cls.name = name
-        return SCHEMES.register(name)(cls)
-
-    return add
+SCHEMES: Registry[type[Scheme]] = Registry(
+    "scheme", package="edgekd.distill.schemes", name_attr="name"
+)
+register = SCHEMES.register  # @register("name"): the name its term is logged as, too

@@ -102,17 +102,10 @@ class Runner(Protocol):
     ) -> LatencyStats: ...
 
 
-RUNNERS: Registry[type[Runner]] = Registry("runner", package="edgekd.runners.backends")
-
-
-def register(name: str) -> Callable[[type[Any]], type[Any]]:
-    """Register a runner class under `name`, which also becomes its `name` (written once)."""
-
-    def add(cls: type[Any]) -> type[Any]:
-        cls.name = name
-        return RUNNERS.register(name)(cls)
-
-    return add
+RUNNERS: Registry[type[Runner]] = Registry(
+    "runner", package="edgekd.runners.backends", name_attr="name"
+)
+register = RUNNERS.register  # @register("name") on a runner class; the name is written once
 
 
 def get_runner(name: str) -> Runner:

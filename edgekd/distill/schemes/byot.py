@@ -10,15 +10,11 @@ from pydantic import Field
 from edgekd.config.schema import Strict
 from edgekd.distill.loss import EMBEDDING
 from edgekd.distill.rules import DistillSetupError
-from edgekd.distill.scheme import Scheme, register
+from edgekd.distill.scheme import Scheme, SchemeSetup, SchemeStep, register
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
-
-    from edgekd.data.datasets import Batch
-    from edgekd.distill.distiller import Distiller
-    from edgekd.distill.terms import Outputs
 
 
 class BYOTConfig(Strict):
@@ -63,16 +59,10 @@ class BYOT(Scheme):
     def student_keys(self) -> list[str]:
         return [*self.cfg.exits, EMBEDDING]
 
-    def setup(
-        self,
-        student: nn.Module,
-        shapes: dict[str, torch.Size],
-        num_classes: int,
-        fresh_student: bool,
-        hflip: bool,
-    ) -> None:
+    def setup(self, setup: SchemeSetup) -> None:
         from torch import nn
 
+        shapes = setup.shapes
         width = shapes[EMBEDDING][1]
         heads = []
         for i, path in enumerate(self.cfg.exits):
@@ -80,25 +70,18 @@ class BYOT(Scheme):
                 raise DistillSetupError(
                     ("scheme", "exits", i), f"exit {path!r} must output N×C×H×W feature maps"
                 )
-            heads.append(exit_head(shapes[path][1], width, num_classes))
+            heads.append(exit_head(shapes[path][1], width, setup.num_classes))
         self.exits = nn.ModuleList(heads)
 
-    def loss(
-        self,
-        distiller: Distiller,
-        student: Outputs,
-        teachers: dict[int, Outputs],
-        batch: Batch,
-        images: torch.Tensor,
-    ) -> torch.Tensor:
+    def loss(self, step: SchemeStep) -> torch.Tensor:
         """Zhang et al. 2019, eq. (1)–(3), for every exit i:
         (1 - α)·CE(q_i, y) + α·KD_T(q_i ‖ q_deepest) + λ·‖F_i - F_deepest‖²."""
         import torch.nn.functional as F
 
         from edgekd.distill.functional import kd_loss
 
-        cfg = self.cfg
-        labels = batch.labels.to(student.logits.device)
+        cfg, student = self.cfg, step.student
+        labels = step.batch.labels.to(student.logits.device)
         deepest = student.features[EMBEDDING].flatten(1).detach()
         total = student.logits.new_zeros(())
         for head, path in zip(self.exits, cfg.exits, strict=True):

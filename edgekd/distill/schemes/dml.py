@@ -8,15 +8,11 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from edgekd.config.schema import Strict
-from edgekd.distill.scheme import Scheme, register
+from edgekd.distill.scheme import Scheme, SchemeSetup, SchemeStep, register
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
-
-    from edgekd.data.datasets import Batch
-    from edgekd.distill.distiller import Distiller
-    from edgekd.distill.terms import Outputs
 
 
 class DMLConfig(Strict):
@@ -33,16 +29,9 @@ class DML(Scheme):
     peers: nn.ModuleList
     peer_flips: bool
 
-    def setup(
-        self,
-        student: nn.Module,
-        shapes: dict[str, torch.Size],
-        num_classes: int,
-        fresh_student: bool,
-        hflip: bool,
-    ) -> None:
-        """Peers are re-initialised copies of a `fresh_student`; copies of a trained one see
-        their own random mirror images (when `hflip` is allowed) so that they differ."""
+    def setup(self, setup: SchemeSetup) -> None:
+        """Peers are re-initialised copies of a fresh student; copies of a trained one see
+        their own random mirror images (when mirror images are allowed) so that they differ."""
         import copy
 
         import torch
@@ -50,8 +39,8 @@ class DML(Scheme):
 
         peers = []
         for i in range(1, self.cfg.peers):
-            peer = copy.deepcopy(student)
-            if fresh_student:
+            peer = copy.deepcopy(setup.student)
+            if setup.fresh_student:
                 with torch.random.fork_rng():
                     torch.manual_seed(1000 + i)
                     for module in peer.modules():
@@ -60,16 +49,9 @@ class DML(Scheme):
                             reset()
             peers.append(peer)
         self.peers = nn.ModuleList(peers)
-        self.peer_flips = hflip and not fresh_student
+        self.peer_flips = setup.hflip and not setup.fresh_student
 
-    def loss(
-        self,
-        distiller: Distiller,
-        student: Outputs,
-        teachers: dict[int, Outputs],
-        batch: Batch,
-        images: torch.Tensor,
-    ) -> torch.Tensor:
+    def loss(self, step: SchemeStep) -> torch.Tensor:
         """Zhang et al. 2018, eq. (6)–(8): each peer minimises its own loss plus the mean KL from
         every other peer's (detached) prediction. Peers get the logit-level terms of
         `distill.losses`; feature terms stay with the student."""
@@ -78,6 +60,9 @@ class DML(Scheme):
         from edgekd.distill.functional import kd_loss
         from edgekd.distill.terms import Outputs
 
+        distiller, student, teachers, batch, images = (
+            step.distiller, step.student, step.teachers, step.batch, step.images
+        )  # fmt: skip
         outputs = [student.logits]
         total = student.logits.new_zeros(())
         gen = torch.Generator().manual_seed(int(batch.index[:1].sum()) + 1)
