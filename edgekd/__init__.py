@@ -1,3 +1,3 @@
 """edgekd: distill, quantize, prune and export image classifiers for edge devices."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

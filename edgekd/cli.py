@@ -1,4 +1,4 @@
-"""The command line: edgekd run | validate | bench | targets | deploy | check."""
+"""The command line: edgekd run | validate | search | bench | targets | deploy | check."""
 
 from __future__ import annotations
 
@@ -32,6 +32,21 @@ def _validate(args: argparse.Namespace, console: Console) -> int:
         return 0
     stages = " → ".join(s.name for s in plan.stages)
     console.print(f"{args.pipeline}: ok ({stages}; {len(plan.targets)} targets)")
+    return 0
+
+
+def _search(args: argparse.Namespace, console: Console) -> int:
+    from edgekd import pipeline
+
+    plan = pipeline.load_plan(args.pipeline)
+    if not args.dry_run:
+        raise EdgeKDError(
+            f"`edgekd run {args.pipeline}` runs the search with the rest of the pipeline; "
+            "`edgekd search --dry-run` lists the space and its predicted latency range"
+        )
+    from edgekd.search.dry_run import summary
+
+    print(summary(plan), end="")
     return 0
 
 
@@ -154,6 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the resolved pipeline: every stage, every default, each key's meaning",
     )
     validate.set_defaults(func=_validate)
+
+    search = sub.add_parser(
+        "search", help="a pipeline's search space: size, student sizes, predicted latency"
+    )
+    search.add_argument("pipeline", type=Path)
+    search.add_argument(
+        "--dry-run", action="store_true", help="list the space; train and time nothing"
+    )
+    search.set_defaults(func=_search)
 
     bench = sub.add_parser(
         "bench", help="measure one ONNX file on target profiles (every runtime × precision)"

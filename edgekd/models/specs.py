@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
 
 from edgekd.config.schema import Strict
 from edgekd.registry import Registry
@@ -48,7 +48,8 @@ class MobileNetV2Config(Strict):
     blocks: list[list[int]] | None = Field(
         None,
         description="Inverted-residual setting, rows of [expansion t, channels c, repeats "
-        "n, stride s]; null = the ImageNet setting of Sandler et al. 2018.",
+        "n, stride s] or [t, c, n, s, depthwise kernel k] (k odd, default 3, as MnasNet and "
+        "MobileNetV3 use 5); null = the ImageNet setting of Sandler et al. 2018.",
     )
     last_channel: int | None = Field(
         None,
@@ -57,6 +58,18 @@ class MobileNetV2Config(Strict):
         "null = 1280 as in the paper (too many for tiny students).",
     )
     dropout: float = Field(0.2, ge=0, lt=1, description="Dropout before the classifier.")
+
+    @field_validator("blocks")
+    @classmethod
+    def _rows(cls, blocks: list[list[int]] | None) -> list[list[int]] | None:
+        for row in blocks or []:
+            if len(row) not in (4, 5) or min(row) < 1:
+                raise ValueError(
+                    f"each row is [t, c, n, s] or [t, c, n, s, k] of positive ints: {row}"
+                )
+            if len(row) == 5 and row[4] % 2 == 0:
+                raise ValueError(f"a depthwise kernel size must be odd: {row}")
+        return blocks
 
 
 @MODEL_CONFIGS.register("tiny_cnn")

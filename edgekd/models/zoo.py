@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 from torchvision.models import mobilenetv2, resnet
+from torchvision.ops.misc import Conv2dNormActivation
 
 from edgekd.models import specs
 from edgekd.registry import Registry
@@ -77,12 +78,17 @@ for _name in ("resnet18", "resnet34", "resnet50"):
 
 @MODELS.register("mobilenetv2")
 def mobilenet_v2(cfg: specs.MobileNetV2Config, in_channels: int, num_classes: int) -> nn.Module:
+    rows = cfg.blocks or IMAGENET_SETTING
     model = mobilenetv2.MobileNetV2(
         num_classes=num_classes,
         width_mult=cfg.width,
-        inverted_residual_setting=cfg.blocks or IMAGENET_SETTING,
+        inverted_residual_setting=[row[:4] for row in rows],
         dropout=cfg.dropout,
     )
+    kernels = [k for row in rows for k in [row[4] if len(row) == 5 else 3] * row[2]]
+    for block, kernel in zip(model.features[1:-1], kernels, strict=True):
+        if kernel != 3:
+            _widen_depthwise(block, kernel)
     stem = model.features[0][0]
     model.features[0][0] = nn.Conv2d(
         in_channels, stem.out_channels, 3, cfg.stem_stride, 1, bias=False
@@ -100,6 +106,22 @@ def mobilenet_v2(cfg: specs.MobileNetV2Config, in_channels: int, num_classes: in
         model.classifier[-1] = nn.Linear(cfg.last_channel, num_classes)
         model.last_channel = cfg.last_channel
     return model
+
+
+def _widen_depthwise(block: nn.Module, kernel: int) -> None:
+    """Give an inverted residual block a k×k depthwise conv (torchvision's is fixed at 3×3)."""
+    layers: nn.Sequential = block.conv  # type: ignore[assignment]  # [expand]?, dw, project, bn
+    index = 0 if len(layers) == 3 else 1
+    depthwise: nn.Conv2d = layers[index][0]  # type: ignore[index]
+    layers[index] = Conv2dNormActivation(
+        depthwise.in_channels,
+        depthwise.out_channels,
+        kernel_size=kernel,
+        stride=depthwise.stride[0],
+        groups=depthwise.groups,
+        norm_layer=nn.BatchNorm2d,
+        activation_layer=nn.ReLU6,
+    )
 
 
 @MODELS.register("tiny_cnn")

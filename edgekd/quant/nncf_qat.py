@@ -2,12 +2,17 @@
 
 The QAT itself is the ordinary KD training loop run on the quantized model: NNCF's fake
 quantizers are torch modules whose scales train with the weights.
+
+NNCF compiles its CPU quantization kernels on first use and gives up after 60 s by default
+(NNCF_EXTENSION_LOAD_TIMEOUT). On a 2-core machine busy with training the build took 2 min
+(measured here), so a first QAT run failed; edgekd waits up to 15 min unless the user set it.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 from typing import Any
 
 import torch
@@ -16,6 +21,7 @@ from torch import nn
 from edgekd.data.datasets import ImageSet, Splits, batches
 
 NNCF_KEY_PREFIX = "__nncf"
+os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "900")
 
 
 def quantize(

@@ -13,6 +13,7 @@ from typing import Any
 from edgekd import __version__
 from edgekd.artifacts import library_versions, read_json, read_manifest
 from edgekd.contracts import ModelsIndex, Role
+from edgekd.report import search
 from edgekd.runners.base import cpu_name, default_threads
 
 SCHEMA_VERSION = 1
@@ -68,6 +69,9 @@ def build_report(
         "preprocessing": final_preprocessing(onnx_index["models"]),
         "latency": rows,
         "summary": summarize(onnx_index["models"], rows),
+        "search": search.section(
+            run_dir, stage_dirs, lambda target, runtime: fastest(rows, Role.FINAL, target, runtime)
+        ),
         "total_wall_s": round(sum(s["wall_s"] or 0 for s in stages), 1),
     }
 

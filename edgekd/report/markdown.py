@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from edgekd.contracts import Role
+from edgekd.report import search
 
 
 def _fmt(value: Any, spec: str = "") -> str:
@@ -116,6 +117,7 @@ def render(report: dict[str, Any]) -> str:
             f"accuracy drop {summary['accuracy_drop_pp']} points.",
             "",
         ]
+    lines += search.lines(report.get("search"))
     lines += [
         "## Stages",
         "",

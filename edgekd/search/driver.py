@@ -1,0 +1,250 @@
+"""The torch side of the search stage: data, predictor, proxy training, the winner's pre-flight
+check and what the stage writes (architecture/architecture.json, trials.json, metrics)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+from edgekd.artifacts import Artifact, write_json
+from edgekd.contracts import Architecture
+from edgekd.errors import EdgeKDError
+from edgekd.search import study as studies
+from edgekd.search.config import SearchConfig, precision_for
+from edgekd.search.cost import cost
+from edgekd.search.predict import Flops, Latency, Measured, Predictor, Roofline, SearchError
+from edgekd.search.space import Candidate, MobileNetSpace
+from edgekd.stage import StageContext
+
+
+class Timed:
+    """A predictor that adds up the seconds it spends (the report splits the search's cost)."""
+
+    def __init__(self, inner: Predictor) -> None:
+        self.inner, self.name, self.seconds = inner, inner.name, 0.0
+
+    def predict(self, candidate: Candidate) -> Latency:
+        start = time.perf_counter()
+        try:
+            return self.inner.predict(candidate)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
+def search(ctx: StageContext, cfg: SearchConfig) -> dict[str, Artifact]:
+    from edgekd import training
+    from edgekd.bench import load_target
+    from edgekd.runners.base import MeasureProtocol
+    from edgekd.runners.targets import unreachable
+
+    plan = ctx.plan
+    target_path = plan.resolve(cfg.target)
+    target = load_target(target_path)
+    precision = precision_for(cfg, target)
+    runtime = cfg.runtime or target.runtimes[0]
+    device, data = training.prepare(plan)
+    shape = (data.input_shape[0], len(data.classes))
+    protocol = MeasureProtocol(
+        cfg.measure.warmup, cfg.measure.iterations, cfg.measure.min_seconds, 1, target.threads
+    )
+    measured = Measured(
+        target_path,
+        target.name,
+        runtime,
+        precision,
+        protocol,
+        data,
+        ctx.dir,
+        ctx.run_dir / "cache" / "latency.json",
+    )
+    notes: list[str] = []
+    cannot_reach = unreachable(target, str(cfg.target))
+    predictor = _predictor(cfg, target, measured, shape, cannot_reach, notes, ctx.log)
+    space = cfg.space
+    ctx.log(
+        f"{space.size:,} students in the space; budget {cfg.latency_budget_ms} ms on "
+        f"{target.name} ({runtime}, {precision})"
+    )
+    _smallest_fits(space, predictor, cfg.latency_budget_ms, target.name, ctx.log)
+
+    timed = Timed(predictor)
+    proxy_seconds = 0.0
+    proxy = _proxy(ctx, cfg, data, device)
+
+    def scored(candidate: Candidate, number: int) -> float:
+        nonlocal proxy_seconds
+        start = time.perf_counter()
+        try:
+            return proxy(candidate, number)
+        finally:
+            proxy_seconds += time.perf_counter() - start
+
+    settings = studies.Settings(
+        space, cfg.latency_budget_ms, cfg.objective, cfg.trials, plan.config.seed, shape
+    )
+    study = studies.open_study(
+        settings,
+        studies.storage_url(cfg.storage, ctx.dir),
+        f"{plan.config.name}-{ctx.key[:12]}",
+        local=cfg.storage is None,
+    )
+    done = studies.finished(study)
+    if done:
+        ctx.log(f"resuming the study: {done} of {cfg.trials} trials finished before")
+    studies.run(study, settings, timed, scored, ctx.log)
+
+    chosen, check = _preflight(ctx, studies.ranked(study), space, measured, cannot_reach, notes)
+    if chosen is None:
+        raise studies.no_fit_error(study, settings, target.name)
+    candidate = space.candidate(chosen.params)
+    front = {t.number for t in study.best_trials} if cfg.objective == "pareto" else set()
+    trials = studies.rows(study, chosen.number, front)
+    write_json(ctx.dir / "trials.json", trials)
+    out = ctx.dir / "architecture"
+    out.mkdir(exist_ok=True)
+    attrs = chosen.user_attrs
+    Architecture(
+        model=candidate.model(),
+        source=f"search trial {chosen.number}: proxy val acc {attrs['proxy_acc']:.2f}%, "
+        f"{attrs['latency_ms']:.4f} ms on {target.name} ({attrs['latency_source']})",
+    ).write(out)
+    size = cost(candidate, *shape)
+    ctx.metrics["search"] = {
+        "target": target.name,
+        "runtime": runtime,
+        "precision": precision,
+        "budget_ms": cfg.latency_budget_ms,
+        "predictor": predictor.name,
+        "objective": cfg.objective,
+        "space_size": space.size,
+        "trials": trials,
+        "chosen": {
+            "trial": chosen.number,
+            "student": candidate.describe(),
+            "model": candidate.model(),
+            "params": size.params,
+            "macs": size.macs,
+            "latency_ms": attrs["latency_ms"],
+            "latency_source": attrs["latency_source"],
+            "proxy_val_acc": attrs["proxy_acc"],
+            "preflight": check,
+        },
+        "seconds": {"latency": round(timed.seconds, 1), "proxy_training": round(proxy_seconds, 1)},
+        "notes": notes,
+    }
+    ctx.log(f"chosen: trial {chosen.number}, {candidate.describe()} ({check})")
+    return {"architecture": ctx.artifact("architecture", out)}
+
+
+def _smallest_fits(
+    space: MobileNetSpace,
+    predictor: Predictor,
+    budget: float,
+    target: str,
+    log: Callable[[str], None],
+) -> None:
+    """Fail in seconds, not after the trials, when even the space's smallest student is over."""
+    smallest = next(space.sample(1))
+    try:
+        first = predictor.predict(smallest)
+    except SearchError as exc:  # the trials record it; others may still work
+        log(f"the smallest student {smallest.describe()} {exc}")
+        return
+    if first.ms > budget:
+        raise EdgeKDError(
+            f"no candidate meets latency_budget_ms {budget} on {target}: the space's smallest "
+            f"student, {smallest.describe()}, takes {first.ms:.4f} ms ({first.source}); raise "
+            "the budget or add smaller choices to `space:`"
+        )
+    log(f"smallest student {smallest.describe()}: {first.ms:.4f} ms ({first.source})")
+
+
+def _predictor(
+    cfg: SearchConfig,
+    target: Any,
+    measured: Measured,
+    shape: tuple[int, int],
+    cannot_reach: str | None,
+    notes: list[str],
+    log: Callable[[str], None],
+) -> Predictor:
+    precision = measured.precision
+    if cfg.predictor == "roofline":
+        return Roofline(target.peak, precision, shape)
+    if cannot_reach is not None:
+        peak = target.peak
+        if peak.mem_gbps and (peak.int8_tops or peak.fp16_tflops):
+            note = (
+                f"{target.name} cannot be measured now ({cannot_reach}); latencies are "
+                "predicted (roofline)"
+            )
+            notes.append(note)
+            log(f"warning: {note}")
+            return Roofline(peak, precision, shape)
+        raise EdgeKDError(
+            f"the search cannot time candidates on {target.name}: {cannot_reach}; and its "
+            "profile has no `peak:` figures for the roofline predictor"
+        )
+    if cfg.predictor == "flops":
+        anchor = next(cfg.space.sample(1))
+        return Flops(anchor, measured.predict(anchor).ms, shape)
+    return measured
+
+
+def _proxy(
+    ctx: StageContext, cfg: SearchConfig, data: Any, device: Any
+) -> Callable[[Candidate, int], float]:
+    from edgekd import training
+    from edgekd.data.datasets import sample
+    from edgekd.distill.trainer import evaluate
+    from edgekd.models.io import save_model
+    from edgekd.models.specs import ModelSpec
+
+    splits = dataclasses.replace(
+        data, train=sample(data.train, cfg.proxy.train_subset, ctx.plan.config.seed)
+    )
+
+    def proxy(candidate: Candidate, number: int) -> float:
+        spec = ModelSpec.model_validate(candidate.model())
+        model = training.build_model(spec, splits)
+        key = f"trial{number}"
+        training.train(
+            ctx, model, cfg.proxy, splits, device, f"trial {number}", fresh=True, history_key=key
+        )
+        ctx.metrics.pop(key, None)
+        training.checkpoint(ctx, key).unlink(missing_ok=True)
+        save_model(model, ctx.dir / "proxies" / key, training.model_meta(spec, splits))
+        return round(evaluate(model, splits.val, splits, device), 2)
+
+    return proxy
+
+
+def _preflight(
+    ctx: StageContext,
+    ranked: list[Any],
+    space: MobileNetSpace,
+    measured: Measured,
+    cannot_reach: str | None,
+    notes: list[str],
+) -> tuple[Any, str]:
+    """The best trial whose proxy-trained student exports, passes the export stage's parity gate
+    (top-1 included) and runs on the target; the next best when one does not."""
+    from edgekd.models.io import load_model
+
+    for trial in ranked:
+        candidate = space.candidate(trial.params)
+        source = trial.user_attrs.get("duplicate_of", trial.number)
+        try:
+            model, _ = load_model(ctx.dir / "proxies" / f"trial{source}")
+            path = measured.export(candidate, ctx.dir / "preflight", trained=model)
+            if cannot_reach is not None:
+                return trial, f"exports and passes its parity gate; not run: {cannot_reach}"
+            measured.run(path)
+            return trial, f"exports, passes its parity gate and runs on {measured.runtime}"
+        except SearchError as exc:
+            note = f"trial {trial.number} ({trial.user_attrs['student']}) {exc}; next best taken"
+            notes.append(note)
+            ctx.log(note)
+    return None, ""

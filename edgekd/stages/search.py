@@ -1,0 +1,64 @@
+"""Stage `search`: choose the student that fits a latency budget on a target.
+
+Trials come from Optuna (edgekd/search/study.py); each candidate's latency is predicted on the
+target (measured, roofline or FLOPs: edgekd/search/predict.py) and those within the budget get a
+short KD training on a seeded subset, scored on the validation split, never test. The winner is
+checked before it is handed on: it exports to the file the target runs, passes the check against
+onnxruntime and runs on the target's runtime, so an undeployable student is never trained in
+full. It produces `architecture`, which the student stage takes in place of its own `model:`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from edgekd.artifacts import Artifact
+from edgekd.search.config import SearchConfig, precision_for, target_profile
+from edgekd.stage import STAGES, Stage, StageContext
+
+if TYPE_CHECKING:
+    from edgekd.plan import Plan
+
+
+@STAGES.register("search")
+class SearchStage(Stage):
+    Config = SearchConfig
+    requires = ("teacher",)
+    produces = ("architecture",)
+
+    def check(self, cfg: Any, plan: Plan, index: int) -> None:
+        loc = ("stages", index)
+        if not plan.resolve(cfg.target).exists():
+            raise plan.doc.error((*loc, "target"), f"target profile {plan.not_found(cfg.target)}")
+        target = target_profile(plan, cfg)
+        precision = precision_for(cfg, target)
+        if precision not in target.precisions:
+            raise plan.doc.error(
+                (*loc, "precision"),
+                f"{cfg.target} lists precisions {target.precisions}, not {precision}",
+            )
+        if cfg.runtime is not None and cfg.runtime not in target.runtimes:
+            raise plan.doc.error(
+                (*loc, "runtime"),
+                f"{cfg.target} lists runtimes {target.runtimes}, not {cfg.runtime}",
+            )
+        if cfg.predictor == "roofline":
+            peak = target.peak
+            if peak.mem_gbps is None or (peak.int8_tops is None and peak.fp16_tflops is None):
+                raise plan.doc.error(
+                    (*loc, "predictor"),
+                    f"the roofline needs `peak:` figures (int8_tops or fp16_tflops, and "
+                    f"mem_gbps) in {cfg.target}; it has {peak.model_dump(exclude_none=True)}",
+                )
+        size = plan.config.data.image_size or 28  # Fashion-MNIST's, when not set
+        if cfg.space.resolution != [size]:
+            raise plan.doc.error(
+                (*loc, "space", "resolution"),
+                f"the data are {size}×{size} px, so the space's resolution must be [{size}] "
+                "(searching the input resolution is not built yet)",
+            )
+
+    def run(self, ctx: StageContext, cfg: SearchConfig) -> dict[str, Artifact]:
+        from edgekd.search import driver
+
+        return driver.search(ctx, cfg)
