@@ -1,4 +1,4 @@
-"""The command line: edgekd run | validate | search | bench | targets | deploy | check."""
+"""The command line: edgekd run | validate | search | profile | bench | targets | deploy | check."""
 
 from __future__ import annotations
 
@@ -47,6 +47,38 @@ def _search(args: argparse.Namespace, console: Console) -> int:
     from edgekd.search.dry_run import summary
 
     print(summary(plan), end="")
+    return 0
+
+
+def _profile(args: argparse.Namespace, console: Console) -> int:
+    from edgekd import pipeline, training
+    from edgekd.artifacts import write_json
+    from edgekd.search import driver, lut
+
+    plan = pipeline.load_plan(args.pipeline)
+    spec = next((s for s in plan.stages if s.name == "search"), None)
+    if spec is None:
+        raise EdgeKDError(f"{args.pipeline} has no search stage: its space is what is profiled")
+    cfg = spec.cfg
+    _, data = training.prepare(plan)
+    work = args.workdir or Path(".edgekd-profile")
+    _, measured = driver.measuring(plan, cfg, data, work, work / "cache")
+    out = args.out or (plan.resolve(cfg.lut) if getattr(cfg, "lut", None) else None)
+    if out is None:
+        out = Path("luts") / f"{measured.target_name}-{measured.runtime}-{measured.precision}.json"
+    profiler = lut.Profiler(measured, (data.input_shape[0], len(data.classes)), work / "blocks")
+    table = lut.profile(cfg.space, profiler, console.print)
+    write_json(out, table.model_dump(mode="json"))
+    for ref in table.references:
+        console.print(
+            f"  {ref['student']}: measured {ref['measured_ms']:.4f} ms, blocks sum "
+            f"{ref['sum_of_blocks_ms']:.4f} ms",
+            highlight=False,
+        )
+    console.print(
+        f"{len(table.blocks)} blocks, per-model overhead {table.overhead_ms:.4f} ms: {out}",
+        highlight=False,
+    )
     return 0
 
 
@@ -178,6 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="list the space; train and time nothing"
     )
     search.set_defaults(func=_search)
+
+    prof = sub.add_parser(
+        "profile", help="time every block of a pipeline's search space on its target (a LUT)"
+    )
+    prof.add_argument("pipeline", type=Path)
+    prof.add_argument("--out", type=Path, help="table file (default: the stage's `lut:`)")
+    prof.add_argument("--workdir", type=Path, help="scratch folder (default .edgekd-profile)")
+    prof.set_defaults(func=_profile)
 
     bench = sub.add_parser(
         "bench", help="measure one ONNX file on target profiles (every runtime × precision)"

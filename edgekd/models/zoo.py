@@ -88,7 +88,7 @@ def mobilenet_v2(cfg: specs.MobileNetV2Config, in_channels: int, num_classes: in
     kernels = [k for row in rows for k in [row[4] if len(row) == 5 else 3] * row[2]]
     for block, kernel in zip(model.features[1:-1], kernels, strict=True):
         if kernel != 3:
-            _widen_depthwise(block, kernel)
+            widen_depthwise(block, kernel)
     stem = model.features[0][0]
     model.features[0][0] = nn.Conv2d(
         in_channels, stem.out_channels, 3, cfg.stem_stride, 1, bias=False
@@ -108,7 +108,7 @@ def mobilenet_v2(cfg: specs.MobileNetV2Config, in_channels: int, num_classes: in
     return model
 
 
-def _widen_depthwise(block: nn.Module, kernel: int) -> None:
+def widen_depthwise(block: nn.Module, kernel: int) -> None:
     """Give an inverted residual block a k×k depthwise conv (torchvision's is fixed at 3×3)."""
     layers: nn.Sequential = block.conv  # type: ignore[assignment]  # [expand]?, dw, project, bn
     index = 0 if len(layers) == 3 else 1

@@ -33,16 +33,22 @@ def quantize(
     preset: str = "performance",
 ) -> nn.Module:
     """INT8 fake-quantized copy of `model`, ranges calibrated on `calibration` (NNCF PTQ)."""
+    inputs = [b.images.to(device) for b in batches(calibration, splits, batch_size)]
+    return quantize_inputs(model, inputs, device, preset)
+
+
+def quantize_inputs(
+    model: nn.Module, inputs: list[torch.Tensor], device: torch.device, preset: str = "performance"
+) -> nn.Module:
+    """`quantize` on ready input batches (a part of a network fed other tensors than images)."""
     import nncf
 
-    inputs = [b.images.to(device) for b in batches(calibration, splits, batch_size)]
-    quantized = nncf.quantize(
+    return nncf.quantize(
         copy.deepcopy(model).eval().to(device),
         nncf.Dataset(inputs),
         preset=nncf.QuantizationPreset(preset),
         subset_size=len(inputs),  # NNCF counts dataset items, here batches
     )
-    return quantized
 
 
 def config(model: nn.Module) -> dict[str, Any]:

@@ -45,10 +45,16 @@ class SearchConfig(Strict):
     space: MobileNetSpace = Field(
         default_factory=MobileNetSpace, description="The students a trial may choose."
     )
-    predictor: Literal["measured", "roofline", "flops"] = Field(
+    predictor: Literal["measured", "lut", "roofline", "flops"] = Field(
         "measured",
-        description="measured: export and time each candidate; roofline: from the target's "
-        "`peak:`; flops: MACs scaled by one measured candidate (a baseline).",
+        description="measured: export and time each candidate; lut: sum of block times from "
+        "`lut:`; roofline: from the target's `peak:`; flops: MACs scaled by one measured "
+        "candidate (a baseline).",
+    )
+    lut: PathStr | None = Field(
+        None,
+        description="Latency table for `predictor: lut`, made on the target by "
+        "`edgekd profile PIPELINE`.",
     )
     objective: Literal["budget", "pareto"] = Field(
         "budget",

@@ -6,7 +6,8 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from edgekd.artifacts import Artifact, write_json
 from edgekd.contracts import Architecture
@@ -17,6 +18,11 @@ from edgekd.search.cost import cost
 from edgekd.search.predict import Flops, Latency, Measured, Predictor, Roofline, SearchError
 from edgekd.search.space import Candidate, MobileNetSpace
 from edgekd.stage import StageContext
+
+if TYPE_CHECKING:
+    from edgekd.config.schema import TargetProfile
+    from edgekd.data.datasets import Splits
+    from edgekd.plan import Plan
 
 
 class Timed:
@@ -33,35 +39,43 @@ class Timed:
             self.seconds += time.perf_counter() - start
 
 
-def search(ctx: StageContext, cfg: SearchConfig) -> dict[str, Artifact]:
-    from edgekd import training
+def measuring(
+    plan: Plan, cfg: SearchConfig, data: Splits, workdir: Path, cache: Path
+) -> tuple[TargetProfile, Measured]:
+    """The search stage's target and the measured predictor on it (also `edgekd profile`'s)."""
     from edgekd.bench import load_target
     from edgekd.runners.base import MeasureProtocol
-    from edgekd.runners.targets import unreachable
 
-    plan = ctx.plan
     target_path = plan.resolve(cfg.target)
     target = load_target(target_path)
-    precision = precision_for(cfg, target)
-    runtime = cfg.runtime or target.runtimes[0]
-    device, data = training.prepare(plan)
-    shape = (data.input_shape[0], len(data.classes))
     protocol = MeasureProtocol(
         cfg.measure.warmup, cfg.measure.iterations, cfg.measure.min_seconds, 1, target.threads
     )
     measured = Measured(
         target_path,
         target.name,
-        runtime,
-        precision,
+        cfg.runtime or target.runtimes[0],
+        precision_for(cfg, target),
         protocol,
         data,
-        ctx.dir,
-        ctx.run_dir / "cache" / "latency.json",
+        workdir,
+        cache / "latency.json",
     )
+    return target, measured
+
+
+def search(ctx: StageContext, cfg: SearchConfig) -> dict[str, Artifact]:
+    from edgekd import training
+    from edgekd.runners.targets import unreachable
+
+    plan = ctx.plan
+    device, data = training.prepare(plan)
+    target, measured = measuring(plan, cfg, data, ctx.dir, ctx.run_dir / "cache")
+    runtime, precision = measured.runtime, measured.precision
+    shape = (data.input_shape[0], len(data.classes))
     notes: list[str] = []
     cannot_reach = unreachable(target, str(cfg.target))
-    predictor = _predictor(cfg, target, measured, shape, cannot_reach, notes, ctx.log)
+    predictor = _predictor(ctx, cfg, target, measured, shape, cannot_reach, notes)
     space = cfg.space
     ctx.log(
         f"{space.size:,} students in the space; budget {cfg.latency_budget_ms} ms on "
@@ -162,17 +176,35 @@ def _smallest_fits(
 
 
 def _predictor(
+    ctx: StageContext,
     cfg: SearchConfig,
     target: Any,
     measured: Measured,
     shape: tuple[int, int],
     cannot_reach: str | None,
     notes: list[str],
-    log: Callable[[str], None],
 ) -> Predictor:
     precision = measured.precision
     if cfg.predictor == "roofline":
         return Roofline(target.peak, precision, shape)
+    if cfg.predictor == "lut":
+        from edgekd.artifacts import read_json
+        from edgekd.search import lut
+
+        assert cfg.lut is not None  # checked when the plan was loaded
+        path = ctx.plan.resolve(cfg.lut)
+        if not path.exists():
+            raise EdgeKDError(
+                f"latency table {ctx.plan.not_found(cfg.lut)}; build it on the target with "
+                f"`edgekd profile {ctx.plan.path}`"
+            )
+        table = lut.Table.model_validate(read_json(path))
+        if cannot_reach is None:
+            now = lut.Profiler(measured, shape, ctx.dir / "probe").probe(cfg.space)
+            lut.refuse_other_device(table, now, path, f"edgekd profile {ctx.plan.path}")
+        else:
+            notes.append(f"latency table {cfg.lut} not checked against the device: {cannot_reach}")
+        return lut.LookupTable(table, shape)
     if cannot_reach is not None:
         peak = target.peak
         if peak.mem_gbps and (peak.int8_tops or peak.fp16_tflops):
@@ -181,7 +213,7 @@ def _predictor(
                 "predicted (roofline)"
             )
             notes.append(note)
-            log(f"warning: {note}")
+            ctx.log(f"warning: {note}")
             return Roofline(peak, precision, shape)
         raise EdgeKDError(
             f"the search cannot time candidates on {target.name}: {cannot_reach}; and its "

@@ -96,6 +96,34 @@ class Flops:
         return Latency(cost(candidate, *self.shape).macs * scale, "predicted (FLOPs)")
 
 
+def export_file(model: Any, inputs: list[Any], precision: str, path: Path) -> tuple[Path, Any]:
+    """`model` as the final model is exported (INT8: NNCF PTQ calibrated on `inputs`, Q/DQ ONNX
+    with int8 weights, edgekd's exact rewrite; FP32: plain ONNX); the file and the PyTorch model
+    it must agree with."""
+    import torch
+
+    from edgekd.export.onnx import export_onnx, store_int8_weights
+    from edgekd.export.qdq import optimize_qdq
+    from edgekd.quant import nncf_qat
+
+    model = model.cpu().eval()
+    example = torch.zeros(1, *inputs[0].shape[1:])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if precision == "int8":
+            quantized = nncf_qat.quantize_inputs(model, inputs, torch.device("cpu"))
+            model = nncf_qat.strip(quantized, example)
+            portable = path.with_name(f"{path.stem}_qdq.onnx")
+            export_onnx(model, example, portable)
+            store_int8_weights(portable)
+            optimize_qdq(portable, path)
+        else:
+            export_onnx(model, example, path)
+    except Exception as exc:
+        raise SearchError(f"does not export: {str(exc)[:300]}") from exc
+    return path, model
+
+
 class Measured:
     """Export the candidate and time it on the target (see the module docstring)."""
 
@@ -143,11 +171,9 @@ class Measured:
         import torch
 
         from edgekd.data.datasets import batches, normalize, sample
-        from edgekd.export.onnx import export_onnx, parity, store_int8_weights
-        from edgekd.export.qdq import optimize_qdq
+        from edgekd.export.onnx import parity
         from edgekd.models import zoo
         from edgekd.models.specs import ModelSpec
-        from edgekd.quant import nncf_qat
         from edgekd.stages.export import ExportConfig
 
         images = sample(self.splits.train, 512, 0)
@@ -166,22 +192,10 @@ class Measured:
             with torch.no_grad():
                 for batch in batches(images, self.splits, 128):
                     model(batch.images)
-        model = model.cpu().eval()
-        example = torch.zeros(1, *self.splits.input_shape)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{candidate.key()}_{self.precision}.onnx"
-        try:
-            if self.precision == "int8":
-                quantized = nncf_qat.quantize(model, images, self.splits, 128, torch.device("cpu"))
-                model = nncf_qat.strip(quantized, example)
-                portable = folder / f"{candidate.key()}_{self.precision}_qdq.onnx"
-                export_onnx(model, example, portable)
-                store_int8_weights(portable)
-                optimize_qdq(portable, path)
-            else:
-                export_onnx(model, example, path)
-        except Exception as exc:
-            raise SearchError(f"does not export: {str(exc)[:300]}") from exc
+        inputs = [b.images for b in batches(images, self.splits, 128)]
+        path, model = export_file(
+            model, inputs, self.precision, folder / f"{candidate.key()}_{self.precision}.onnx"
+        )
         check = parity(path, model, normalize(self.splits.val.images[:PARITY_IMAGES], self.splits))
         gate = ExportConfig().tolerance[self.precision]
         if check["max_abs_diff"] > gate.max_abs_diff or (

@@ -42,6 +42,13 @@ class SearchStage(Stage):
                 (*loc, "runtime"),
                 f"{cfg.target} lists runtimes {target.runtimes}, not {cfg.runtime}",
             )
+        if cfg.predictor == "lut" and cfg.lut is None:
+            # the file itself may not exist yet: `edgekd profile` loads this plan to make it
+            raise plan.doc.error(
+                (*loc, "predictor"),
+                f"predictor lut needs `lut:`, the latency table that `edgekd profile {plan.path}` "
+                "writes on the target",
+            )
         if cfg.predictor == "roofline":
             peak = target.peak
             if peak.mem_gbps is None or (peak.int8_tops is None and peak.fp16_tflops is None):
