@@ -110,6 +110,10 @@ def search(ctx: StageContext, cfg: SearchConfig) -> dict[str, Artifact]:
     studies.run(study, settings, timed, scored, ctx.log)
 
     chosen, check = _preflight(ctx, studies.ranked(study), space, measured, cannot_reach, notes)
+    if chosen is None and studies.ranked(study):
+        raise EdgeKDError(
+            "every student within the budget failed its pre-flight check: " + "; ".join(notes)
+        )
     if chosen is None:
         raise studies.no_fit_error(study, settings, target.name)
     candidate = space.candidate(chosen.params)
@@ -271,10 +275,18 @@ def _preflight(
         try:
             model, _ = load_model(ctx.dir / "proxies" / f"trial{source}")
             path = measured.export(candidate, ctx.dir / "preflight", trained=model)
+            exported = "exports"
+            if measured.precision != "fp32":
+                agreement = measured.last_parity["top1_agreement"]
+                exported += (
+                    f" (FP32 within the parity gate; {measured.precision} after PTQ of the proxy "
+                    f"agrees with PyTorch on {agreement:.1f} % top-1, not gated: the export stage "
+                    "gates the final model)"
+                )
             if cannot_reach is not None:
-                return trial, f"exports and passes its parity gate; not run: {cannot_reach}"
+                return trial, f"{exported}; not run: {cannot_reach}"
             measured.run(path)
-            return trial, f"exports, passes its parity gate and runs on {measured.runtime}"
+            return trial, f"{exported} and runs on {measured.runtime}"
         except SearchError as exc:
             note = f"trial {trial.number} ({trial.user_attrs['student']}) {exc}; next best taken"
             notes.append(note)

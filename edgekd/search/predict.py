@@ -105,6 +105,7 @@ def export_file(model: Any, inputs: list[Any], precision: str, path: Path) -> tu
     from edgekd.export.onnx import export_onnx, store_int8_weights
     from edgekd.export.qdq import optimize_qdq
     from edgekd.quant import nncf_qat
+    from edgekd.stages.export import ExportConfig
 
     model = model.cpu().eval()
     example = torch.zeros(1, *inputs[0].shape[1:])
@@ -116,12 +117,18 @@ def export_file(model: Any, inputs: list[Any], precision: str, path: Path) -> tu
             portable = path.with_name(f"{path.stem}_qdq.onnx")
             export_onnx(model, example, portable)
             store_int8_weights(portable)
-            optimize_qdq(portable, path)
+            optimize_qdq(portable, path, ExportConfig().uint8_weights())  # as `export` does
         else:
             export_onnx(model, example, path)
     except Exception as exc:
         raise SearchError(f"does not export: {str(exc)[:300]}") from exc
     return path, model
+
+
+def _fails(check: dict[str, Any], gate: Any) -> bool:
+    return bool(
+        check["max_abs_diff"] > gate.max_abs_diff or check["top1_agreement"] < gate.top1_agreement
+    )
 
 
 class Measured:
@@ -143,6 +150,7 @@ class Measured:
         self.target, self.target_name = target, target_name
         self.runtime, self.precision, self.protocol = runtime, precision, protocol
         self.splits, self.workdir, self.cache = splits, workdir, cache
+        self.last_parity: dict[str, Any] = {}
 
     def _cache_key(self, candidate: Candidate) -> str:
         from edgekd.runners.base import cpu_name
@@ -193,13 +201,24 @@ class Measured:
                 for batch in batches(images, self.splits, 128):
                     model(batch.images)
         inputs = [b.images for b in batches(images, self.splits, 128)]
-        path, model = export_file(
-            model, inputs, self.precision, folder / f"{candidate.key()}_{self.precision}.onnx"
+        check_images = normalize(self.splits.val.images[:PARITY_IMAGES], self.splits)
+        gates = ExportConfig().tolerance
+        key = candidate.key()
+        if trained is not None and self.precision != "fp32":
+            # the architecture must export exactly; INT8 after PTQ of a proxy is not the final
+            # model (the export stage gates the QAT-trained one), so it is measured, not gated
+            fp32, _ = export_file(model, inputs, "fp32", folder / f"{key}_fp32.onnx")
+            check = parity(fp32, model, check_images)
+            if _fails(check, gates["fp32"]):
+                raise SearchError(f"its FP32 export fails the parity gate against PyTorch: {check}")
+        path, exported = export_file(
+            model, inputs, self.precision, folder / f"{key}_{self.precision}.onnx"
         )
-        check = parity(path, model, normalize(self.splits.val.images[:PARITY_IMAGES], self.splits))
-        gate = ExportConfig().tolerance[self.precision]
-        if check["max_abs_diff"] > gate.max_abs_diff or (
-            trained is not None and check["top1_agreement"] < gate.top1_agreement
+        check = parity(path, exported, check_images)
+        self.last_parity = check
+        gate = gates[self.precision]
+        if (trained is None and check["max_abs_diff"] > gate.max_abs_diff) or (
+            trained is not None and self.precision == "fp32" and _fails(check, gate)
         ):
             raise SearchError(f"fails its parity check against PyTorch: {check}")
         return path

@@ -3,7 +3,7 @@ test images; a model that disagrees with PyTorch beyond tolerance fails the stag
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -31,6 +31,18 @@ def _default_tolerances() -> dict[str, Tolerance]:
 
 class ExportConfig(Strict):
     parity_images: int = Field(1000, gt=0, description="Test images used for the parity check.")
+    int8_weights: Literal["auto", "int8", "uint8"] = Field(
+        "auto",
+        description="Weight type of the rewritten INT8 file: uint8 (+128, zero point 128) keeps "
+        "onnxruntime's uint8×int8 kernels from saturating on x86 CPUs without VNNI; auto: uint8 "
+        "exactly when this CPU is one (export/qdq.py u8s8_saturates).",
+    )
+
+    def uint8_weights(self) -> bool:
+        from edgekd.export.qdq import u8s8_saturates
+
+        return self.int8_weights == "uint8" or (self.int8_weights == "auto" and u8s8_saturates())
+
     tolerance: dict[str, Tolerance] = Field(
         default_factory=_default_tolerances, description="Parity gate per precision."
     )
@@ -109,7 +121,12 @@ class ExportStage(Stage):
                     parity(portable, model, check_images, expected),
                     cfg.tolerance[precision],
                 )
-                rewrites = optimize_qdq(portable, path)
+                rewrites = optimize_qdq(portable, path, cfg.uint8_weights())
+                if rewrites["weights_uint8"]:
+                    ctx.log(
+                        "weights stored as uint8: onnxruntime's uint8×int8 kernels can saturate "
+                        "on this CPU (no VNNI); set int8_weights: int8 for a VNNI target"
+                    )
                 ctx.metrics["qdq_rewrites"] = {k: v for k, v in rewrites.items() if v}
             else:
                 export_onnx(model, example, path)

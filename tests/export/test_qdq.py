@@ -136,7 +136,10 @@ def test_negative_gamma_channel_is_stored_negated(exported):
         conv = next(n for n in model.graph.node if n.op_type == "Conv")
         dq = next(n for n in model.graph.node if n.output[0] == conv.input[1])
         scale = np.broadcast_to(consts[dq.input[1]], (16,))
-        return consts[dq.input[0]], scale
+        zero = consts[dq.input[2]] if len(dq.input) > 2 else np.zeros(1, np.int8)
+        # the integer levels, whether stored int8 or uint8 (+128, see u8s8_saturates)
+        levels = consts[dq.input[0]].astype(np.int16) - zero.astype(np.int16).reshape(-1, 1, 1, 1)
+        return levels, scale
 
     (q0, _), (q1, s1) = stem_weight(path), stem_weight(optimized)
     assert (s1 > 0).all()

@@ -75,7 +75,10 @@ def test_the_search_times_each_candidate_and_hands_the_best_to_the_student(tmp_p
     assert student["spec"] == architecture["model"]
     assert "architecture from search trial" in log
     metrics = read_json(run / "01_search" / "manifest.json")["metrics"]["search"]
-    assert metrics["chosen"]["preflight"].startswith("exports, passes its parity gate and runs")
+    assert metrics["chosen"]["preflight"].startswith(
+        "exports (FP32 within the parity gate; int8 after PTQ"
+    )
+    assert metrics["chosen"]["preflight"].endswith("and runs on onnxruntime")
     assert metrics["seconds"]["latency"] > 0 and metrics["seconds"]["proxy_training"] > 0
     # the report's section: every trial, the choice, and the prediction beside the measurement
     dirs = [("teacher", "00_teacher"), ("search", "01_search"), ("student", "02_student")]
