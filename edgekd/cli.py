@@ -63,7 +63,7 @@ def _profile(args: argparse.Namespace, console: Console) -> int:
     _, data = training.prepare(plan)
     work = args.workdir or Path(".edgekd-profile")
     _, measured = driver.measuring(plan, cfg, data, work, work / "cache")
-    out = args.out or (plan.resolve(cfg.lut) if getattr(cfg, "lut", None) else None)
+    out = args.out or (plan.resolve(cfg.lut) if cfg.lut else None)
     if out is None:
         out = Path("luts") / f"{measured.target_name}-{measured.runtime}-{measured.precision}.json"
     profiler = lut.Profiler(measured, (data.input_shape[0], len(data.classes)), work / "blocks")

@@ -248,6 +248,13 @@ class Peak(Strict):
     fp16_tflops: float | None = Field(None, gt=0, description="FP16 TFLOPS (data sheet).")
     mem_gbps: float | None = Field(None, gt=0, description="Memory bandwidth, GB/s (data sheet).")
 
+    @property
+    def roofline_ready(self) -> bool:
+        """Whether the figures a roofline needs are given: compute (INT8 or FP16) and memory."""
+        return self.mem_gbps is not None and (
+            self.int8_tops is not None or self.fp16_tflops is not None
+        )
+
 
 class Connection(Strict):
     host: str | None = Field(None, description="SSH host name or address; null = not configured.")

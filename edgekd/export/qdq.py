@@ -15,6 +15,7 @@ itself (0.94 ms as exported, 0.91 ms rewritten).
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -123,14 +124,14 @@ class _Weight:
     def __init__(self, dq: onnx.NodeProto, q: np.ndarray, scale: np.ndarray, axis: int) -> None:
         self.dq, self.q, self.scale, self.axis = dq, q, scale, axis
 
-    def store(self, g: _Graph, q: np.ndarray, scale: np.ndarray) -> None:
-        """Point the DQ at new int8 values and per-channel scales (new constants: the old ones
-        may be shared with other nodes)."""
+    def store(self, g: _Graph, q: np.ndarray, scale: np.ndarray, zero_point: int = 0) -> None:
+        """Point the DQ at new integer values (int8, or uint8 with `zero_point` 128) and
+        per-channel scales (new constants: the old ones may be shared with other nodes)."""
         self.q, self.scale = q, scale.astype(np.float32)
         hint = self.dq.output[0]
-        self.dq.input[0] = g.add_const(f"{hint}_int8", q)
+        self.dq.input[0] = g.add_const(f"{hint}_{q.dtype}", q)
         self.dq.input[1] = g.add_const(f"{hint}_scale", self.scale)
-        zero = g.add_const(f"{hint}_zero", np.zeros(len(scale), np.int8))
+        zero = g.add_const(f"{hint}_zero", np.full(len(scale), zero_point, q.dtype))
         if len(self.dq.input) > 2:
             self.dq.input[2] = zero
         else:
@@ -440,6 +441,7 @@ REWRITES = {
 }
 
 
+@functools.cache
 def u8s8_saturates() -> bool:
     """Whether onnxruntime's uint8 × int8 kernels can saturate on this CPU: x86-64 without
     VNNI (AVX2, or AVX-512 without VNNI) multiplies with VPMADDUBSW, which adds two products
@@ -469,16 +471,7 @@ def unsigned_weights(g: _Graph) -> int:
         w = _weight(g, node, axis)
         if w is None:
             continue
-        hint = w.dq.output[0]
-        shifted = (w.q.astype(np.int16) + 128).astype(np.uint8)
-        w.dq.input[0] = g.add_const(f"{hint}_uint8", shifted)
-        zero = g.add_const(f"{hint}_zero_u8", np.full(len(w.scale), 128, np.uint8))
-        if len(w.dq.input) > 2:
-            w.dq.input[2] = zero
-        else:
-            w.dq.input.append(zero)
-        w.dq.input[1] = g.add_const(f"{hint}_scale_u8", w.scale)  # per channel, as the zero
-        _set_axis(w.dq, axis)
+        w.store(g, (w.q.astype(np.int16) + 128).astype(np.uint8), w.scale, zero_point=128)
         done += 1
     g.index()
     return done

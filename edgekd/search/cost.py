@@ -3,7 +3,7 @@ it (torch-free): thousands of candidates are sized in milliseconds, `search --dr
 torch, and the lookup-table and roofline predictors work per block from the same list.
 
 The channel arithmetic is torchvision's MobileNetV2 (`_make_divisible` to multiples of 8, a
-32-channel stem, `round(inp * t)` hidden channels); `tests/search/test_cost.py` checks every
+32-channel stem, `round(inp * t)` hidden channels); `tests/search/test_space.py` checks every
 figure against the built model (`count_params`, `count_macs`).
 """
 

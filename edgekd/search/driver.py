@@ -109,8 +109,9 @@ def search(ctx: StageContext, cfg: SearchConfig) -> dict[str, Artifact]:
         ctx.log(f"resuming the study: {done} of {cfg.trials} trials finished before")
     studies.run(study, settings, timed, scored, ctx.log)
 
-    chosen, check = _preflight(ctx, studies.ranked(study), space, measured, cannot_reach, notes)
-    if chosen is None and studies.ranked(study):
+    ranked = studies.ranked(study)
+    chosen, check = _preflight(ctx, ranked, space, measured, cannot_reach, notes)
+    if chosen is None and ranked:
         raise EdgeKDError(
             "every student within the budget failed its pre-flight check: " + "; ".join(notes)
         )
@@ -211,7 +212,7 @@ def _predictor(
         return lut.LookupTable(table, shape)
     if cannot_reach is not None:
         peak = target.peak
-        if peak.mem_gbps and (peak.int8_tops or peak.fp16_tflops):
+        if peak.roofline_ready:
             note = (
                 f"{target.name} cannot be measured now ({cannot_reach}); latencies are "
                 "predicted (roofline)"
@@ -265,8 +266,8 @@ def _preflight(
     cannot_reach: str | None,
     notes: list[str],
 ) -> tuple[Any, str]:
-    """The best trial whose proxy-trained student exports, passes the export stage's parity gate
-    (top-1 included) and runs on the target; the next best when one does not."""
+    """The best trial whose proxy-trained student exports (FP32 within the export stage's parity
+    gate, INT8 agreement reported) and runs on the target; the next best when one does not."""
     from edgekd.models.io import load_model
 
     for trial in ranked:

@@ -63,7 +63,7 @@ def summary(plan: Plan) -> str:
             f"predictor: {cfg.predictor}; {cfg.trials} trials",
         ]
         peak = target.peak
-        if peak.mem_gbps and (peak.int8_tops or peak.fp16_tflops):
+        if peak.roofline_ready:
             predicted = [roofline_ms(c, peak, precision, shape) for c in found]
             fits = sum(ms <= cfg.latency_budget_ms for ms in predicted)
             lines.append(

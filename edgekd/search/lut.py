@@ -15,7 +15,7 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from edgekd.contracts import Record
 from edgekd.errors import EdgeKDError
@@ -35,13 +35,12 @@ class Table(Record):
     overhead_ms: float
     references: list[dict[str, Any]]
 
-    FORMAT: ClassVar[int] = 1
-
     def predict(self, candidate: Candidate, shape: tuple[int, int]) -> float:
-        missing = [b.name for b in blocks(candidate, *shape) if b.key() not in self.blocks]
+        found = blocks(candidate, *shape)
+        missing = [b.name for b in found if b.key() not in self.blocks]
         if missing:
             raise SearchError(f"blocks {', '.join(missing)} are not in the latency table")
-        return self.overhead_ms + sum(self.blocks[b.key()] for b in blocks(candidate, *shape))
+        return self.overhead_ms + sum(self.blocks[b.key()] for b in found)
 
 
 def unique_blocks(space: MobileNetSpace, shape: tuple[int, int]) -> dict[str, Block]:

@@ -163,11 +163,10 @@ class Measured:
         return dict(read_json(self.cache)) if self.cache.exists() else {}
 
     def predict(self, candidate: Candidate) -> Latency:
-        cached = self._cached().get(self._cache_key(candidate))
+        table, key = self._cached(), self._cache_key(candidate)
+        cached = table.get(key)
         if cached is None:
-            cached = self._measure(candidate)
-            table = self._cached()
-            table[self._cache_key(candidate)] = cached
+            cached = table[key] = self._measure(candidate)
             write_json(self.cache, table)
         return Latency(cached["ms"], cached["source"], cached.get("ci95_ms"))
 

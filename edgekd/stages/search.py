@@ -51,7 +51,7 @@ class SearchStage(Stage):
             )
         if cfg.predictor == "roofline":
             peak = target.peak
-            if peak.mem_gbps is None or (peak.int8_tops is None and peak.fp16_tflops is None):
+            if not peak.roofline_ready:
                 raise plan.doc.error(
                     (*loc, "predictor"),
                     f"the roofline needs `peak:` figures (int8_tops or fp16_tflops, and "
