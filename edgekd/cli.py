@@ -60,6 +60,11 @@ def _profile(args: argparse.Namespace, console: Console) -> int:
     if spec is None:
         raise EdgeKDError(f"{args.pipeline} has no search stage: its space is what is profiled")
     cfg = spec.cfg
+    if cfg.space.family != "mobilenetv2":
+        raise EdgeKDError(
+            f"{args.pipeline}: latency tables are built for mobilenetv2 spaces, not "
+            f"{cfg.space.family}; its search measures each candidate instead"
+        )
     _, data = training.prepare(plan)
     work = args.workdir or Path(".edgekd-profile")
     _, measured = driver.measuring(plan, cfg, data, work, work / "cache")

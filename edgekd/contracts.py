@@ -89,6 +89,16 @@ class Architecture(Record):
 
     model: dict[str, Any] = Field(description="The ModelSpec: `arch` and its settings.")
     source: str = Field("", description="Which stage chose it and how, for the report.")
+    init: str | None = Field(
+        None,
+        description="A model folder, beside this file, with the weights the student starts "
+        "from (cut from the teacher); null: random initialisation.",
+    )
+    normalize: dict[str, list[float]] | None = Field(
+        None,
+        description="The mean and std those weights expect (the teacher's); the student stage "
+        "uses them unless its own `normalize:` is set.",
+    )
 
     FILE: ClassVar[str] = "architecture.json"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -93,13 +93,13 @@ def validate(model: type[M], data: Any, doc: Document, loc: Loc = ()) -> M:
         # A misspelt key also shows up as a missing one; report the misspelling first.
         err = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
         err_loc: Loc = (*loc, *(p for p in err["loc"] if isinstance(p, str | int)))
-        raise doc.error(err_loc, _message(model, err)) from None
+        raise doc.error(err_loc, _message(model, err, data)) from None
 
 
-def _message(model: type[BaseModel], err: Any) -> str:
+def _message(model: type[BaseModel], err: Any, data: Any) -> str:
     if err["type"] == "extra_forbidden":
         key = str(err["loc"][-1])
-        parent = _model_at(model, err["loc"][:-1])
+        parent = _model_at(model, err["loc"][:-1], data)
         valid = sorted(parent.model_fields) if parent else []
         close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
         hint = f'; did you mean "{close[0]}"?' if close else ""
@@ -112,25 +112,39 @@ def _message(model: type[BaseModel], err: Any) -> str:
     return msg
 
 
-def _model_at(model: type[BaseModel], loc: Any) -> type[BaseModel] | None:
-    """The pydantic model that owns the field at `loc` (for did-you-mean on unknown keys)."""
+def _model_at(model: type[BaseModel], loc: Any, data: Any) -> type[BaseModel] | None:
+    """The pydantic model that owns the field at `loc` (for did-you-mean on unknown keys); of a
+    union of models (a search space's families), the one whose literal tag the data give."""
     current: Any = model
     for part in loc:
+        if isinstance(data, list | dict):
+            try:
+                data = data[part]
+            except (IndexError, KeyError, TypeError):
+                data = None
         if isinstance(part, int):
             continue
         fields = getattr(current, "model_fields", None)
         if not fields or part not in fields:
             return None
-        current = _inner_model(fields[part].annotation)
+        models = _inner_models(fields[part].annotation)
+        current = next((m for m in models if _tagged(m, data)), models[0] if models else None)
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
-def _inner_model(annotation: Any) -> Any:
-    """Unwrap Optional[...] / list[...] annotations down to a BaseModel subclass, if any."""
+def _inner_models(annotation: Any) -> list[type[BaseModel]]:
+    """The BaseModel subclasses inside Optional[...] / list[...] / union annotations."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        found = _inner_model(arg)
-        if found is not None:
-            return found
-    return None
+        return [annotation]
+    return [m for arg in getattr(annotation, "__args__", ()) for m in _inner_models(arg)]
+
+
+def _tagged(model: type[BaseModel], data: Any) -> bool:
+    """Whether `data` carries the value of one of `model`'s Literal fields (or its default)."""
+    if not isinstance(data, dict):
+        return False
+    return any(
+        get_origin(info.annotation) is Literal
+        and data.get(name, info.default) in get_args(info.annotation)
+        for name, info in model.model_fields.items()
+    )

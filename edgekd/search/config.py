@@ -3,12 +3,13 @@ validate` and `search --dry-run` read it without importing torch)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from edgekd.config.schema import PathStr, Strict, TrainConfig, default
 from edgekd.search.space import MobileNetSpace
+from edgekd.search.structural import Space, TeacherSpace
 
 if TYPE_CHECKING:
     from edgekd.config.schema import TargetProfile
@@ -42,8 +43,10 @@ class SearchConfig(Strict):
     runtime: str | None = Field(
         None, description="Runtime timed; null: the first one the target lists."
     )
-    space: MobileNetSpace = Field(
-        default_factory=MobileNetSpace, description="The students a trial may choose."
+    space: MobileNetSpace | TeacherSpace = Field(
+        default_factory=MobileNetSpace,
+        description="The students a trial may choose: `family: mobilenetv2` (the default) or "
+        "`family: teacher` (the teacher's own network, shrunk; docs/search.md).",
     )
     predictor: Literal["measured", "lut", "roofline", "flops"] = Field(
         "measured",
@@ -69,6 +72,40 @@ class SearchConfig(Strict):
         description="Optuna RDB URL shared by several machines (postgresql://..., mysql://...); "
         "null: study.db (SQLite) in the stage folder.",
     )
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _family(cls, value: Any) -> Any:
+        """The space's class by its `family:`, so errors name that class's keys."""
+        if isinstance(value, dict):
+            known: dict[str, type[Strict]] = {
+                "mobilenetv2": MobileNetSpace,
+                "teacher": TeacherSpace,
+            }
+            family = value.get("family", "mobilenetv2")
+            if family not in known:
+                raise ValueError(f"family: {family!r} is not one of {', '.join(known)}")
+            return known[family].model_validate(value)
+        return value
+
+
+def bound_space(plan: Plan, cfg: SearchConfig) -> Space:
+    """The stage's space, a teacher-derived one given the teacher stage's architecture
+    (ValueError when that teacher cannot be cut: the stage's check reports it)."""
+    space = cfg.space
+    if not isinstance(space, TeacherSpace):
+        return space
+    teacher = plan.stage_named("teacher")
+    model = getattr(teacher.cfg, "model", None) if teacher else None
+    if model is None or model.arch != "resnet_small":
+        found = model.arch if model is not None else "no PyTorch model (an ONNX file?)"
+        raise ValueError(
+            f"family teacher cuts a resnet_small teacher; the teacher stage has {found}"
+        )
+    from edgekd.models.specs import ResNetSmallConfig
+
+    arch = ResNetSmallConfig.model_validate(model.arch_kwargs())
+    return space.bind(arch.widths, arch.blocks)
 
 
 def target_profile(plan: Plan, cfg: SearchConfig) -> TargetProfile:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgekd.search.space import Candidate
+from edgekd.search.space import Candidate, Student
+from edgekd.search.structural import TeacherCandidate
 
 STEM_CHANNELS = 32  # torchvision's MobileNetV2 stem at width 1.0
 
@@ -74,8 +75,39 @@ def conv_out(size: int, kernel: int, stride: int) -> int:
     return (size + 2 * ((kernel - 1) // 2) - kernel) // stride + 1
 
 
-def blocks(candidate: Candidate, in_channels: int, num_classes: int) -> list[Block]:
+def blocks(candidate: Student, in_channels: int, num_classes: int) -> list[Block]:
     """The candidate's network as blocks of layers, in execution order."""
+    if isinstance(candidate, TeacherCandidate):
+        return resnet_blocks(candidate, in_channels, num_classes)
+    assert isinstance(candidate, Candidate)
+    return mobilenet_blocks(candidate, in_channels, num_classes)
+
+
+def resnet_blocks(candidate: TeacherCandidate, in_channels: int, num_classes: int) -> list[Block]:
+    """edgekd's resnet_small: a 3×3 stride-1 stem, BasicBlocks (two 3×3 convs; the first of a
+    later stage has stride 2 and a 1×1 projection), global pooling and the classifier."""
+    size = candidate.resolution
+    channels = candidate.widths[0]
+    result = [Block("stem", (Layer(in_channels, channels, 3, 1, 1, size, size),))]
+    for stage, (width, n) in enumerate(zip(candidate.widths, candidate.depths, strict=True)):
+        for j in range(n):
+            stride = 2 if stage > 0 and j == 0 else 1
+            out = conv_out(size, 3, stride)
+            layers = [
+                Layer(channels, width, 3, stride, 1, size, out),
+                Layer(width, width, 3, 1, 1, out, out),
+            ]
+            if stride != 1 or channels != width:
+                layers.append(Layer(channels, width, 1, stride, 1, size, out))
+            result.append(Block(f"block{stage}.{j}", tuple(layers), residual=True))
+            channels, size = width, out
+    classifier = Layer(channels, num_classes, 0, 1, 1, 1, 1, batchnorm=False)
+    result.append(Block("head", (classifier,)))
+    return result
+
+
+def mobilenet_blocks(candidate: Candidate, in_channels: int, num_classes: int) -> list[Block]:
+    """torchvision's MobileNetV2 with the candidate's settings."""
     space = candidate.space
     size = candidate.resolution
     channels = make_divisible(STEM_CHANNELS * candidate.width)
@@ -109,7 +141,7 @@ class Cost:
     blocks: int
 
 
-def cost(candidate: Candidate, in_channels: int, num_classes: int) -> Cost:
+def cost(candidate: Student, in_channels: int, num_classes: int) -> Cost:
     found = blocks(candidate, in_channels, num_classes)
     layers = [layer for block in found for layer in block.layers]
     return Cost(

@@ -13,10 +13,11 @@ from edgekd.artifacts import Artifact, write_json
 from edgekd.contracts import Architecture
 from edgekd.errors import EdgeKDError
 from edgekd.search import study as studies
-from edgekd.search.config import SearchConfig, precision_for
+from edgekd.search.config import SearchConfig, bound_space, precision_for
 from edgekd.search.cost import cost
 from edgekd.search.predict import Flops, Latency, Measured, Predictor, Roofline, SearchError
-from edgekd.search.space import Candidate, MobileNetSpace
+from edgekd.search.space import MobileNetSpace, Student
+from edgekd.search.structural import Space, TeacherCandidate, TeacherSpace
 from edgekd.stage import StageContext
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ class Timed:
     def __init__(self, inner: Predictor) -> None:
         self.inner, self.name, self.seconds = inner, inner.name, 0.0
 
-    def predict(self, candidate: Candidate) -> Latency:
+    def predict(self, candidate: Student) -> Latency:
         start = time.perf_counter()
         try:
             return self.inner.predict(candidate)
@@ -75,8 +76,8 @@ def search(ctx: StageContext, cfg: SearchConfig) -> dict[str, Artifact]:
     shape = (data.input_shape[0], len(data.classes))
     notes: list[str] = []
     cannot_reach = unreachable(target, str(cfg.target))
-    predictor = _predictor(ctx, cfg, target, measured, shape, cannot_reach, notes)
-    space = cfg.space
+    space = bound_space(plan, cfg)
+    predictor = _predictor(ctx, cfg, space, target, measured, shape, cannot_reach, notes)
     ctx.log(
         f"{space.size:,} students in the space; budget {cfg.latency_budget_ms} ms on "
         f"{target.name} ({runtime}, {precision})"
@@ -85,9 +86,10 @@ def search(ctx: StageContext, cfg: SearchConfig) -> dict[str, Artifact]:
 
     timed = Timed(predictor)
     proxy_seconds = 0.0
-    proxy = _proxy(ctx, cfg, data, device)
+    starts = Starts(ctx, space, data)
+    proxy = _proxy(ctx, cfg, starts, device)
 
-    def scored(candidate: Candidate, number: int) -> float:
+    def scored(candidate: Student, number: int) -> float:
         nonlocal proxy_seconds
         start = time.perf_counter()
         try:
@@ -124,10 +126,13 @@ def search(ctx: StageContext, cfg: SearchConfig) -> dict[str, Artifact]:
     out = ctx.dir / "architecture"
     out.mkdir(exist_ok=True)
     attrs = chosen.user_attrs
+    init = starts.save_start(candidate, out / "init")
     Architecture(
         model=candidate.model(),
         source=f"search trial {chosen.number}: proxy val acc {attrs['proxy_acc']:.2f}%, "
         f"{attrs['latency_ms']:.4f} ms on {target.name} ({attrs['latency_source']})",
+        init="init" if init else None,
+        normalize=starts.normalize,
     ).write(out)
     size = cost(candidate, *shape)
     ctx.metrics["search"] = {
@@ -158,7 +163,7 @@ def search(ctx: StageContext, cfg: SearchConfig) -> dict[str, Artifact]:
 
 
 def _smallest_fits(
-    space: MobileNetSpace,
+    space: Space,
     predictor: Predictor,
     budget: float,
     target: str,
@@ -183,6 +188,7 @@ def _smallest_fits(
 def _predictor(
     ctx: StageContext,
     cfg: SearchConfig,
+    space: Space,
     target: Any,
     measured: Measured,
     shape: tuple[int, int],
@@ -193,6 +199,7 @@ def _predictor(
     if cfg.predictor == "roofline":
         return Roofline(target.peak, precision, shape)
     if cfg.predictor == "lut":
+        assert isinstance(space, MobileNetSpace)  # checked when the plan was loaded
         from edgekd.artifacts import read_json
         from edgekd.search import lut
 
@@ -205,7 +212,7 @@ def _predictor(
             )
         table = lut.Table.model_validate(read_json(path))
         if cannot_reach is None:
-            now = lut.Profiler(measured, shape, ctx.dir / "probe").probe(cfg.space)
+            now = lut.Profiler(measured, shape, ctx.dir / "probe").probe(space)
             lut.refuse_other_device(table, now, path, f"edgekd profile {ctx.plan.path}")
         else:
             notes.append(f"latency table {cfg.lut} not checked against the device: {cannot_reach}")
@@ -225,30 +232,82 @@ def _predictor(
             "profile has no `peak:` figures for the roofline predictor"
         )
     if cfg.predictor == "flops":
-        anchor = next(cfg.space.sample(1))
+        anchor = next(space.sample(1))
         return Flops(anchor, measured.predict(anchor).ms, shape)
     return measured
 
 
+class Starts:
+    """Where a candidate's training starts: random weights, or (a teacher space with
+    `inherit: true`) the teacher's, cut to the candidate (`edgekd/search/inherit.py`), fed
+    with the teacher's own normalisation."""
+
+    def __init__(self, ctx: StageContext, space: Space, data: Splits) -> None:
+        from edgekd import training
+
+        self.teacher: Any = None
+        self.normalize: dict[str, list[float]] | None = None
+        self.splits = data
+        if isinstance(space, TeacherSpace) and space.inherit:
+            self.teacher, meta = training.load_input_model(ctx, "teacher")
+            pre = meta.get("preprocessing") or {}
+            if "mean" in pre and "std" in pre:
+                self.normalize = {"mean": list(pre["mean"]), "std": list(pre["std"])}
+                self.splits = data.normalized_by(pre["mean"], pre["std"])
+        self.seed = ctx.plan.config.seed
+
+    def model(self, candidate: Student) -> Any:
+        from edgekd import training
+        from edgekd.data.datasets import batches, sample
+        from edgekd.models.specs import ModelSpec
+
+        if self.teacher is None:
+            return training.build_model(ModelSpec.model_validate(candidate.model()), self.splits)
+        from edgekd.search import inherit
+
+        assert isinstance(candidate, TeacherCandidate)
+        images = [
+            b.images for b in batches(sample(self.splits.train, 512, self.seed), self.splits, 128)
+        ]
+        shape = self.splits.input_shape[0], len(self.splits.classes)
+        return inherit.cut(self.teacher, candidate, *shape, images).train()
+
+    def save_start(self, candidate: Student, folder: Path) -> bool:
+        """Write the chosen student's starting weights for the student stage (when they are
+        the teacher's); whether there are any."""
+        from edgekd import training
+        from edgekd.models.io import save_model
+        from edgekd.models.specs import ModelSpec
+
+        if self.teacher is None:
+            return False
+        spec = ModelSpec.model_validate(candidate.model())
+        meta = training.model_meta(spec, self.splits, role="cut from the teacher")
+        save_model(self.model(candidate), folder, meta)
+        return True
+
+
 def _proxy(
-    ctx: StageContext, cfg: SearchConfig, data: Any, device: Any
-) -> Callable[[Candidate, int], float]:
+    ctx: StageContext, cfg: SearchConfig, starts: Starts, device: Any
+) -> Callable[[Student, int], float]:
     from edgekd import training
     from edgekd.data.datasets import sample
     from edgekd.distill.trainer import evaluate
     from edgekd.models.io import save_model
     from edgekd.models.specs import ModelSpec
 
+    data = starts.splits
     splits = dataclasses.replace(
         data, train=sample(data.train, cfg.proxy.train_subset, ctx.plan.config.seed)
     )
 
-    def proxy(candidate: Candidate, number: int) -> float:
+    def proxy(candidate: Student, number: int) -> float:
         spec = ModelSpec.model_validate(candidate.model())
-        model = training.build_model(spec, splits)
+        model = starts.model(candidate)
         key = f"trial{number}"
+        fresh = starts.teacher is None
         training.train(
-            ctx, model, cfg.proxy, splits, device, f"trial {number}", fresh=True, history_key=key
+            ctx, model, cfg.proxy, splits, device, f"trial {number}", fresh=fresh, history_key=key
         )
         ctx.metrics.pop(key, None)
         training.checkpoint(ctx, key).unlink(missing_ok=True)
@@ -261,7 +320,7 @@ def _proxy(
 def _preflight(
     ctx: StageContext,
     ranked: list[Any],
-    space: MobileNetSpace,
+    space: Space,
     measured: Measured,
     cannot_reach: str | None,
     notes: list[str],

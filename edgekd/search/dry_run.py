@@ -9,12 +9,13 @@ from typing import Any
 from edgekd.plan import Plan
 from edgekd.search.cost import cost
 from edgekd.search.predict import roofline_ms
-from edgekd.search.space import Candidate, MobileNetSpace
+from edgekd.search.space import Student
+from edgekd.search.structural import Space
 
 MAX_LISTED = 5_000  # larger spaces are summarised from a seeded sample of this many students
 
 
-def students(space: MobileNetSpace, limit: int = MAX_LISTED) -> tuple[list[Candidate], bool]:
+def students(space: Space, limit: int = MAX_LISTED) -> tuple[list[Student], bool]:
     """Every student of the space, or a seeded sample of `limit` of them (and which)."""
     choices = space.params()
     names = list(choices)
@@ -39,7 +40,7 @@ def _range(values: list[float], fmt: str) -> str:
 
 
 def summary(plan: Plan) -> str:
-    from edgekd.search.config import precision_for, target_profile
+    from edgekd.search.config import bound_space, precision_for, target_profile
 
     specs = [s for s in plan.stages if s.name == "search"]
     if not specs:
@@ -48,7 +49,7 @@ def summary(plan: Plan) -> str:
     lines = []
     for spec in specs:
         cfg: Any = spec.cfg
-        space: MobileNetSpace = cfg.space
+        space = bound_space(plan, cfg)
         target = target_profile(plan, cfg)
         precision = precision_for(cfg, target)
         runtime = cfg.runtime or target.runtimes[0]

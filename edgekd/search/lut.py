@@ -21,7 +21,7 @@ from edgekd.contracts import Record
 from edgekd.errors import EdgeKDError
 from edgekd.search.cost import Block, blocks
 from edgekd.search.predict import Latency, Measured, SearchError, export_file
-from edgekd.search.space import Candidate, MobileNetSpace
+from edgekd.search.space import MobileNetSpace, Student
 
 REFERENCES = 4  # whole candidates timed to measure the per-model overhead
 
@@ -35,7 +35,7 @@ class Table(Record):
     overhead_ms: float
     references: list[dict[str, Any]]
 
-    def predict(self, candidate: Candidate, shape: tuple[int, int]) -> float:
+    def predict(self, candidate: Student, shape: tuple[int, int]) -> float:
         found = blocks(candidate, *shape)
         missing = [b.name for b in found if b.key() not in self.blocks]
         if missing:
@@ -187,5 +187,5 @@ class LookupTable:
     shape: tuple[int, int]
     name: str = "lut"
 
-    def predict(self, candidate: Candidate) -> Latency:
+    def predict(self, candidate: Student) -> Latency:
         return Latency(self.table.predict(candidate, self.shape), "predicted (latency table)")

@@ -23,7 +23,7 @@ from edgekd.artifacts import read_json, write_json
 from edgekd.config.schema import Peak
 from edgekd.errors import EdgeKDError
 from edgekd.search.cost import blocks, cost
-from edgekd.search.space import Candidate
+from edgekd.search.space import Student
 
 if TYPE_CHECKING:
     from edgekd.data.datasets import Splits
@@ -47,10 +47,10 @@ class Latency:
 class Predictor(Protocol):
     name: str
 
-    def predict(self, candidate: Candidate) -> Latency: ...
+    def predict(self, candidate: Student) -> Latency: ...
 
 
-def roofline_ms(candidate: Candidate, peak: Peak, precision: str, shape: tuple[int, int]) -> float:
+def roofline_ms(candidate: Student, peak: Peak, precision: str, shape: tuple[int, int]) -> float:
     """Σ over layers of max(2·MACs / peak ops, bytes / bandwidth), in milliseconds."""
     ops = peak.int8_tops * 1e12 if precision == "int8" and peak.int8_tops else None
     if ops is None and peak.fp16_tflops:
@@ -77,7 +77,7 @@ class Roofline:
     shape: tuple[int, int]  # input channels, classes
     name: str = "roofline"
 
-    def predict(self, candidate: Candidate) -> Latency:
+    def predict(self, candidate: Student) -> Latency:
         ms = roofline_ms(candidate, self.peak, self.precision, self.shape)
         return Latency(ms, "predicted (roofline)")
 
@@ -86,12 +86,12 @@ class Roofline:
 class Flops:
     """Latency proportional to MACs, through one measured anchor candidate."""
 
-    anchor: Candidate
+    anchor: Student
     anchor_ms: float
     shape: tuple[int, int]
     name: str = "flops"
 
-    def predict(self, candidate: Candidate) -> Latency:
+    def predict(self, candidate: Student) -> Latency:
         scale = self.anchor_ms / cost(self.anchor, *self.shape).macs
         return Latency(cost(candidate, *self.shape).macs * scale, "predicted (FLOPs)")
 
@@ -152,7 +152,7 @@ class Measured:
         self.splits, self.workdir, self.cache = splits, workdir, cache
         self.last_parity: dict[str, Any] = {}
 
-    def _cache_key(self, candidate: Candidate) -> str:
+    def _cache_key(self, candidate: Student) -> str:
         from edgekd.runners.base import cpu_name
 
         return json.dumps(
@@ -162,7 +162,7 @@ class Measured:
     def _cached(self) -> dict[str, Any]:
         return dict(read_json(self.cache)) if self.cache.exists() else {}
 
-    def predict(self, candidate: Candidate) -> Latency:
+    def predict(self, candidate: Student) -> Latency:
         table, key = self._cached(), self._cache_key(candidate)
         cached = table.get(key)
         if cached is None:
@@ -170,7 +170,7 @@ class Measured:
             write_json(self.cache, table)
         return Latency(cached["ms"], cached["source"], cached.get("ci95_ms"))
 
-    def export(self, candidate: Candidate, folder: Path, trained: Any = None) -> Path:
+    def export(self, candidate: Student, folder: Path, trained: Any = None) -> Path:
         """The candidate as the file the target's runner takes. Untrained (`trained` None), its
         BatchNorm statistics come from real images, so quantizer ranges and saturating clamps
         are realistic, and the parity gate checks the logit gap only (an untrained network's
@@ -244,7 +244,7 @@ class Measured:
             raise SearchError(f"{self.runtime} disagrees with onnxruntime: {row['check']}")
         return row
 
-    def _measure(self, candidate: Candidate) -> dict[str, Any]:
+    def _measure(self, candidate: Student) -> dict[str, Any]:
         folder = self.workdir / "candidates"
         row = self.run(self.export(candidate, folder))
         for file in folder.glob(f"{candidate.key()}_*"):

@@ -16,7 +16,7 @@ import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 from pydantic import Field, model_validator
 
@@ -27,7 +27,47 @@ def _choices(default: list[Any], description: str) -> Any:
     return Field(default, min_length=1, description=description)
 
 
-class MobileNetSpace(Strict):
+class Student(Protocol):
+    """What the search needs of a candidate of any space."""
+
+    family: ClassVar[str]
+
+    @property
+    def resolution(self) -> int: ...  # input pixels, square
+
+    def model(self) -> dict[str, Any]: ...  # the student stage's `model:`
+
+    def key(self) -> str: ...  # a short hash of the architecture and resolution
+
+    def describe(self) -> str: ...  # one line for logs and the report
+
+
+class Choices:
+    """What every space offers the search: one list of choices per setting (`params`), the
+    candidate of one choice each (`candidate`), its size and a seeded sample."""
+
+    def params(self) -> dict[str, list[Any]]:
+        raise NotImplementedError
+
+    def candidate(self, params: dict[str, Any]) -> Student:
+        raise NotImplementedError
+
+    @property
+    def size(self) -> int:
+        """How many distinct students the space holds."""
+        return math.prod(len(v) for v in self.params().values())
+
+    def sample(self, count: int, seed: int = 0) -> Iterator[Student]:
+        """`count` candidates: the smallest and largest first, then uniform random ones."""
+        choices = self.params()
+        yield self.candidate({k: min(v) for k, v in choices.items()})
+        yield self.candidate({k: max(v) for k, v in choices.items()})
+        rng = random.Random(seed)
+        for _ in range(max(count - 2, 0)):
+            yield self.candidate({k: rng.choice(v) for k, v in choices.items()})
+
+
+class MobileNetSpace(Choices, Strict):
     """Choices for a MobileNetV2-family student; every list is the values a trial may pick."""
 
     family: Literal["mobilenetv2"] = Field(
@@ -91,19 +131,6 @@ class MobileNetSpace(Strict):
             )
         return self
 
-    @property
-    def size(self) -> int:
-        """How many distinct students the space holds."""
-        per_stage = [len(d) * len(self.kernel) for d in self.depth]
-        expands = len(self.expand) ** (len(self.channels) - 1)
-        return (
-            len(self.width)
-            * math.prod(per_stage)
-            * expands
-            * len(self.resolution)
-            * len(self.last_channel)
-        )
-
     def candidate(self, params: dict[str, Any]) -> Candidate:
         """The candidate of one choice per setting, keyed as `params()` names them."""
         stages = range(len(self.channels))
@@ -129,15 +156,6 @@ class MobileNetSpace(Strict):
         out["last_channel"] = list(self.last_channel)
         return out
 
-    def sample(self, count: int, seed: int = 0) -> Iterator[Candidate]:
-        """`count` candidates: the smallest and largest first, then uniform random ones."""
-        choices = self.params()
-        yield self.candidate({k: min(v) for k, v in choices.items()})
-        yield self.candidate({k: max(v) for k, v in choices.items()})
-        rng = random.Random(seed)
-        for _ in range(max(count - 2, 0)):
-            yield self.candidate({k: rng.choice(v) for k, v in choices.items()})
-
 
 @dataclass(frozen=True)
 class Candidate:
@@ -150,6 +168,7 @@ class Candidate:
     resolution: int
     last_channel: int
     space: MobileNetSpace
+    family: ClassVar[str] = "mobilenetv2"
 
     def blocks(self) -> list[list[int]]:
         """MobileNetV2Config rows [t, c, n, s, k]."""

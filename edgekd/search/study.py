@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 from edgekd.errors import EdgeKDError
 from edgekd.search.cost import cost
 from edgekd.search.predict import Predictor, SearchError
-from edgekd.search.space import Candidate, MobileNetSpace
+from edgekd.search.space import Student
+from edgekd.search.structural import Space
 
 if TYPE_CHECKING:
     import optuna
@@ -29,7 +30,7 @@ STUDY_FILE = "study.db"
 
 @dataclass
 class Settings:
-    space: MobileNetSpace
+    space: Space
     budget_ms: float
     objective: str  # budget | pareto
     trials: int
@@ -84,7 +85,7 @@ def run(
     study: optuna.Study,
     settings: Settings,
     predictor: Predictor,
-    proxy: Callable[[Candidate, int], float],
+    proxy: Callable[[Student, int], float],
     log: Callable[[str], None],
 ) -> None:
     """Run trials until `settings.trials` have finished (counting those of earlier runs)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from edgekd.artifacts import Artifact
-from edgekd.search.config import SearchConfig, precision_for, target_profile
+from edgekd.search.config import SearchConfig, bound_space, precision_for, target_profile
 from edgekd.stage import STAGES, Stage, StageContext
 
 if TYPE_CHECKING:
@@ -41,6 +41,16 @@ class SearchStage(Stage):
             raise plan.doc.error(
                 (*loc, "runtime"),
                 f"{cfg.target} lists runtimes {target.runtimes}, not {cfg.runtime}",
+            )
+        try:
+            bound_space(plan, cfg)
+        except ValueError as exc:
+            raise plan.doc.error((*loc, "space"), str(exc)) from None
+        if cfg.predictor == "lut" and cfg.space.family != "mobilenetv2":
+            raise plan.doc.error(
+                (*loc, "predictor"),
+                f"latency tables are built for mobilenetv2 spaces; a {cfg.space.family} space "
+                "uses measured, roofline or flops",
             )
         if cfg.predictor == "lut" and cfg.lut is None:
             # the file itself may not exist yet: `edgekd profile` loads this plan to make it

@@ -84,15 +84,23 @@ class StudentStage(Stage):
     def run(self, ctx: StageContext, cfg: StudentConfig) -> dict[str, Artifact]:
         from edgekd import training
         from edgekd.contracts import Architecture
+        from edgekd.models.io import load_model
 
         device, data = training.prepare(ctx.plan)
         splits = training.normalized(data, cfg.normalize)
+        start = None
         if ctx.has_input("architecture"):
-            chosen = Architecture.read(ctx.input_path("architecture"))
+            folder = ctx.input_path("architecture")
+            chosen = Architecture.read(folder)
             spec = ModelSpec.model_validate(chosen.model)
             ctx.log(f"architecture from {chosen.source or 'an earlier stage'}: {chosen.model}")
             if cfg.model is not None:
                 ctx.log("the stage's own `model:` is not used: an earlier stage chose one")
+            if chosen.init is not None:
+                start, _ = load_model(folder / chosen.init)
+                ctx.log("starting from the weights the search cut from the teacher")
+                if cfg.normalize is None and chosen.normalize is not None:
+                    splits = data.normalized_by(chosen.normalize["mean"], chosen.normalize["std"])
         else:
             assert cfg.model is not None  # checked when the plan was loaded
             spec = cfg.model
@@ -112,8 +120,8 @@ class StudentStage(Stage):
             training.save_and_score(ctx, "assistant", assistant, meta, splits, device, "assistant_")
             ctx.log(f"assistant test accuracy {ctx.metrics['assistant_test_acc']:.2f}%")
             ctx.teacher_override = ctx.dir / "assistant"
-        model = training.build_model(spec, splits)
-        training.train(ctx, model, cfg.train, splits, device, "student", fresh=True)
+        model = start if start is not None else training.build_model(spec, splits)
+        training.train(ctx, model, cfg.train, splits, device, "student", fresh=start is None)
         meta = training.model_meta(spec, splits)
         artifact = training.save_and_score(ctx, "student", model, meta, splits, device)
         ctx.log(f"student test accuracy {ctx.metrics['test_acc']:.2f}%")
