@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import ConfigDict, Field, field_validator
+from typing import Literal
+
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from edgekd.config.schema import Strict
 from edgekd.registry import Registry
@@ -58,6 +60,25 @@ class MobileNetV2Config(Strict):
         "null = 1280 as in the paper (too many for tiny students).",
     )
     dropout: float = Field(0.2, ge=0, lt=1, description="Dropout before the classifier.")
+    se: list[bool] | None = Field(
+        None,
+        description="Per row of `blocks`, whether its blocks get squeeze-and-excitation after "
+        "the depthwise conv (MobileNetV3: squeeze to a quarter, ReLU, hard sigmoid); null: none.",
+    )
+    activation: list[Literal["relu6", "hardswish"]] | None = Field(
+        None,
+        description="Per row of `blocks`, its blocks' activation (MobileNetV3 uses hardswish in "
+        "later stages); null: relu6 everywhere.",
+    )
+
+    @model_validator(mode="after")
+    def _per_row(self) -> MobileNetV2Config:
+        rows = len(self.blocks or [])
+        for name in ("se", "activation"):
+            value = getattr(self, name)
+            if value is not None and len(value) != rows:
+                raise ValueError(f"{name} needs one entry per row of blocks ({rows}): {value}")
+        return self
 
     @field_validator("blocks")
     @classmethod

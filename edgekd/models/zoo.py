@@ -7,7 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 from torchvision.models import mobilenetv2, resnet
-from torchvision.ops.misc import Conv2dNormActivation
+from torchvision.models._utils import _make_divisible
+from torchvision.ops.misc import Conv2dNormActivation, SqueezeExcitation
 
 from edgekd.models import specs
 from edgekd.registry import Registry
@@ -85,10 +86,16 @@ def mobilenet_v2(cfg: specs.MobileNetV2Config, in_channels: int, num_classes: in
         inverted_residual_setting=[row[:4] for row in rows],
         dropout=cfg.dropout,
     )
-    kernels = [k for row in rows for k in [row[4] if len(row) == 5 else 3] * row[2]]
-    for block, kernel in zip(model.features[1:-1], kernels, strict=True):
+    per_block = [
+        (row[4] if len(row) == 5 else 3, (cfg.se or [False] * len(rows))[i],
+         (cfg.activation or ["relu6"] * len(rows))[i])
+        for i, row in enumerate(rows)
+        for _ in range(row[2])
+    ]  # fmt: skip
+    for block, (kernel, se, activation) in zip(model.features[1:-1], per_block, strict=True):
         if kernel != 3:
             widen_depthwise(block, kernel)
+        v3_block(block, se, activation)
     stem = model.features[0][0]
     model.features[0][0] = nn.Conv2d(
         in_channels, stem.out_channels, 3, cfg.stem_stride, 1, bias=False
@@ -122,6 +129,25 @@ def widen_depthwise(block: nn.Module, kernel: int) -> None:
         norm_layer=nn.BatchNorm2d,
         activation_layer=nn.ReLU6,
     )
+
+
+def v3_block(block: nn.Module, se: bool, activation: str) -> None:
+    """MobileNetV3's additions to an inverted residual (Howard et al. 2019, torchvision's
+    `mobilenetv3.InvertedResidual`): squeeze-and-excitation after the depthwise conv, to a
+    quarter of its channels (multiple of 8) with a hard-sigmoid gate, and hardswish in place of
+    the block's ReLU6."""
+    layers: nn.Sequential = block.conv  # type: ignore[assignment]  # [expand]?, dw, project, bn
+    if activation == "hardswish":
+        for layer in layers:
+            if isinstance(layer, Conv2dNormActivation) and isinstance(layer[-1], nn.ReLU6):
+                layer[-1] = nn.Hardswish()
+    if se:
+        index = 0 if len(layers) == 3 else 1
+        hidden = layers[index][0].out_channels  # type: ignore[index]
+        squeeze = SqueezeExcitation(
+            hidden, _make_divisible(hidden // 4, 8), scale_activation=nn.Hardsigmoid
+        )
+        block.conv = nn.Sequential(*layers[: index + 1], squeeze, *layers[index + 1 :])
 
 
 @MODELS.register("tiny_cnn")

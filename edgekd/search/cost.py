@@ -35,6 +35,7 @@ class Layer:
     size_in: int
     size_out: int
     batchnorm: bool = True
+    bias: bool = False  # squeeze-and-excitation's 1×1 convs have one, and no BatchNorm
 
     @property
     def macs(self) -> int:
@@ -47,7 +48,7 @@ class Layer:
         if self.kernel == 0:
             return self.cin * self.cout + self.cout
         weights = self.cout * (self.cin // self.groups) * self.kernel**2
-        return weights + (2 * self.cout if self.batchnorm else 0)
+        return weights + (2 * self.cout if self.batchnorm else 0) + (self.cout if self.bias else 0)
 
     def bytes(self, weight_bytes: int, activation_bytes: int) -> int:
         """Weights plus the input and output feature maps, as a roofline counts traffic."""
@@ -62,13 +63,15 @@ class Block:
     name: str
     layers: tuple[Layer, ...]
     residual: bool = False
+    activation: str = "relu6"
 
     def key(self) -> str:
         """What sets the block's time: its layers' shapes (two equal keys time the same)."""
         shapes = ",".join(
             f"{x.cin}-{x.cout}-k{x.kernel}s{x.stride}g{x.groups}@{x.size_in}" for x in self.layers
         )
-        return f"{self.name.split('.')[0]}:{shapes}{':res' if self.residual else ''}"
+        act = "" if self.activation == "relu6" else f":{self.activation}"
+        return f"{self.name.split('.')[0]}:{shapes}{':res' if self.residual else ''}{act}"
 
 
 def conv_out(size: int, kernel: int, stride: int) -> int:
@@ -114,7 +117,8 @@ def mobilenet_blocks(candidate: Candidate, in_channels: int, num_classes: int) -
     out = conv_out(size, 3, space.stem_stride)
     result = [Block("stem", (Layer(in_channels, channels, 3, space.stem_stride, 1, size, out),))]
     size = out
-    for stage, (t, c, n, s, k) in enumerate(candidate.blocks()):
+    rows = zip(candidate.blocks(), candidate.v3(), strict=True)
+    for stage, ((t, c, n, s, k), (se, activation)) in enumerate(rows):
         width = make_divisible(c * candidate.width)
         for j in range(n):
             stride = s if j == 0 else 1
@@ -124,9 +128,14 @@ def mobilenet_blocks(candidate: Candidate, in_channels: int, num_classes: int) -
                 layers.append(Layer(channels, hidden, 1, 1, 1, size, size))
             out = conv_out(size, k, stride)
             layers.append(Layer(hidden, hidden, k, stride, hidden, size, out))
+            if se:  # global pool, 1×1 squeeze, 1×1 excite, on one pixel
+                squeeze = make_divisible(hidden // 4)
+                layers.append(Layer(hidden, squeeze, 1, 1, 1, 1, 1, batchnorm=False, bias=True))
+                layers.append(Layer(squeeze, hidden, 1, 1, 1, 1, 1, batchnorm=False, bias=True))
             layers.append(Layer(hidden, width, 1, 1, 1, out, out))
             residual = stride == 1 and channels == width
-            result.append(Block(f"block{stage}.{j}", tuple(layers), residual))
+            name = f"block{stage}.{j}"
+            result.append(Block(name, tuple(layers), residual, activation))
             channels, size = width, out
     head = Layer(channels, candidate.last_channel, 1, 1, 1, size, size)
     classifier = Layer(candidate.last_channel, num_classes, 0, 1, 1, 1, 1, batchnorm=False)

@@ -11,6 +11,7 @@ Q/DQ, edgekd's rewrite) and timed by the target's runner in a fresh process each
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,21 +51,18 @@ def unique_blocks(space: MobileNetSpace, shape: tuple[int, int]) -> dict[str, Bl
     setting, cover them all."""
     found: dict[str, Block] = {}
     stages = range(len(space.channels))
-    for width in space.width:
-        for t in space.expand:
-            for k in space.kernel:
-                for head in space.last_channel:
-                    for resolution in space.resolution:
-                        params: dict[str, Any] = {
-                            "width": width,
-                            "resolution": resolution,
-                            "last_channel": head,
-                        }
-                        for i in stages:
-                            params |= {f"depth{i}": max(space.depth[i]), f"kernel{i}": k}
-                            params |= {f"expand{i}": t} if i else {}
-                        for block in blocks(space.candidate(params), *shape):
-                            found.setdefault(block.key(), block)
+    settings = itertools.product(
+        space.width, space.expand, space.kernel, space.se, space.activation,
+        space.last_channel, space.resolution,
+    )  # fmt: skip
+    for width, t, k, se, activation, head, resolution in settings:
+        params: dict[str, Any] = {"width": width, "resolution": resolution, "last_channel": head}
+        for i in stages:
+            params |= {f"depth{i}": max(space.depth[i]), f"kernel{i}": k}
+            params |= {f"se{i}": se, f"act{i}": activation}
+            params |= {f"expand{i}": t} if i else {}
+        for block in blocks(space.candidate(params), *shape):
+            found.setdefault(block.key(), block)
     return found
 
 
@@ -74,7 +72,7 @@ def block_module(block: Block) -> Any:
     from torchvision.models.mobilenetv2 import InvertedResidual
     from torchvision.ops.misc import Conv2dNormActivation
 
-    from edgekd.models.zoo import widen_depthwise
+    from edgekd.models.zoo import v3_block, widen_depthwise
 
     first = block.layers[0]
     if block.name == "stem":
@@ -101,6 +99,7 @@ def block_module(block: Block) -> Any:
     module = InvertedResidual(inp, oup, depthwise.stride, depthwise.cin // inp)
     if depthwise.kernel != 3:
         widen_depthwise(module, depthwise.kernel)
+    v3_block(module, any(x.bias for x in block.layers), block.activation)
     return module
 
 

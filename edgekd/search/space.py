@@ -93,6 +93,12 @@ class MobileNetSpace(Choices, Strict):
     kernel: list[int] = _choices([3], "Depthwise kernel sizes a stage may use (odd).")
     resolution: list[int] = _choices([28], "Input resolutions (pixels, square).")
     last_channel: list[int] = _choices([128], "Channels of the final 1×1 conv.")
+    se: list[bool] = _choices(
+        [False], "Whether a stage's blocks get squeeze-and-excitation (MobileNetV3): [false, true]."
+    )
+    activation: list[Literal["relu6", "hardswish"]] = _choices(
+        ["relu6"], "Activations a stage's blocks may use (MobileNetV3: [relu6, hardswish])."
+    )
     stem_stride: int = Field(1, ge=1, le=2, description="Stride of the 3×3 stem.")
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout before the classifier.")
 
@@ -112,6 +118,10 @@ class MobileNetSpace(Choices, Strict):
             "last_channel": self.last_channel,
             **{f"depth[{i}]": d for i, d in enumerate(self.depth)},
         }
+        flags: dict[str, list[Any]] = {"se": self.se, "activation": self.activation}
+        for name, values in flags.items():
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name}: {values} lists a value twice")
         for name, values in lists.items():
             if not values:
                 raise ValueError(f"{name}: empty; give at least one choice")
@@ -142,6 +152,8 @@ class MobileNetSpace(Choices, Strict):
             resolution=int(params["resolution"]),
             last_channel=int(params["last_channel"]),
             space=self,
+            ses=tuple(bool(params.get(f"se{i}", self.se[0])) for i in stages),
+            activations=tuple(str(params.get(f"act{i}", self.activation[0])) for i in stages),
         )
 
     def params(self) -> dict[str, list[Any]]:
@@ -152,6 +164,10 @@ class MobileNetSpace(Choices, Strict):
             if i > 0:
                 out[f"expand{i}"] = list(self.expand)
             out[f"kernel{i}"] = list(self.kernel)
+            if len(self.se) > 1:  # a single choice is no setting (and keeps older studies' keys)
+                out[f"se{i}"] = list(self.se)
+            if len(self.activation) > 1:
+                out[f"act{i}"] = list(self.activation)
         out["resolution"] = list(self.resolution)
         out["last_channel"] = list(self.last_channel)
         return out
@@ -168,7 +184,15 @@ class Candidate:
     resolution: int
     last_channel: int
     space: MobileNetSpace
+    ses: tuple[bool, ...] = ()  # per stage; () for none
+    activations: tuple[str, ...] = ()  # per stage; () for relu6 everywhere
     family: ClassVar[str] = "mobilenetv2"
+
+    def v3(self) -> list[tuple[bool, str]]:
+        """Per stage: squeeze-and-excitation, activation."""
+        stages = len(self.depths)
+        ses = self.ses or (False,) * stages
+        return list(zip(ses, self.activations or ("relu6",) * stages, strict=True))
 
     def blocks(self) -> list[list[int]]:
         """MobileNetV2Config rows [t, c, n, s, k]."""
@@ -187,7 +211,18 @@ class Candidate:
             "last_channel": self.last_channel,
             "dropout": self.space.dropout,
             "blocks": self.blocks(),
-        }
+        } | self._v3_model()
+
+    def _v3_model(self) -> dict[str, Any]:
+        """`se`/`activation` rows, only when a stage uses them (a plain MobileNetV2 candidate
+        keeps the model, and so the key, it had before these choices existed)."""
+        ses, activations = zip(*self.v3(), strict=True)
+        out: dict[str, Any] = {}
+        if any(ses):
+            out["se"] = list(ses)
+        if any(a != "relu6" for a in activations):
+            out["activation"] = list(activations)
+        return out
 
     def key(self) -> str:
         """A short hash of the architecture and resolution (caches of measured latency)."""
@@ -195,7 +230,9 @@ class Candidate:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def describe(self) -> str:
+        rows = zip(self.depths, self.expands, self.kernels, self.v3(), strict=True)
         per_stage = " ".join(
-            f"{n}×t{t}k{k}" for n, t, k in zip(self.depths, self.expands, self.kernels, strict=True)
+            f"{n}×t{t}k{k}{'se' if se else ''}{'hs' if act == 'hardswish' else ''}"
+            for n, t, k, (se, act) in rows
         )
         return f"w{self.width:g} [{per_stage}] head {self.last_channel} @ {self.resolution}px"

@@ -18,7 +18,7 @@ from edgekd.search.cost import blocks
 from edgekd.search.dry_run import students
 from edgekd.search.predict import SearchError
 from tests.search.test_search_stage import search_yaml, trials_of
-from tests.search.test_space import SMALL
+from tests.search.test_space import SMALL, V3
 from tests.test_pipeline import run_quietly
 
 
@@ -29,6 +29,13 @@ def test_the_unique_blocks_cover_every_student_of_the_space():
     # at most per width: stem, head, stage 0 (t 1, 2 kernels), stage 1 first and repeated
     # (2 t × 2 k); fewer, since both widths round stage 0 to 8 channels (torchvision's rule)
     assert len(found) == 15 < 2 * (1 + 1 + 2 + 2 * 2 * 2)
+    v3 = lut.unique_blocks(V3, (1, 10))
+    assert {b.key() for c in students(V3)[0] for b in blocks(c, 1, 10)} == set(v3)
+
+
+@pytest.mark.parametrize("block", list(lut.unique_blocks(V3, (1, 10)).values())[::5])
+def test_each_mobilenetv3_block_module_computes_that_block(block):
+    test_each_block_module_computes_that_block(block)
 
 
 @pytest.mark.parametrize("block", list(lut.unique_blocks(SMALL, (1, 10)).values())[:8])

@@ -27,6 +27,17 @@ SMALL = MobileNetSpace(
     kernel=[3, 5],
     last_channel=[32],
 )
+V3 = MobileNetSpace(  # MobileNetV3's squeeze-and-excitation and hardswish, per stage
+    width=[0.5],
+    channels=[8, 16, 24],
+    strides=[1, 2, 2],
+    depth=[[1], [1, 2], [1]],
+    expand=[3],
+    kernel=[3, 5],
+    se=[False, True],
+    activation=["relu6", "hardswish"],
+    last_channel=[32],
+)
 BIG = MobileNetSpace(
     width=[0.5, 0.75, 1.0],
     depth=[[1], [1, 2, 3], [1, 2, 3], [1, 2, 3], [1, 2]],
@@ -47,7 +58,9 @@ def test_the_size_counts_every_distinct_student():
     assert BIG.size == 3 * 2 * (3 * 2) ** 3 * (2 * 2) * 3**4 * 2
 
 
-@pytest.mark.parametrize("candidate", [*students(SMALL)[0][:6], *BIG.sample(4, seed=3)])
+@pytest.mark.parametrize(
+    "candidate", [*students(SMALL)[0][:6], *BIG.sample(4, seed=3), *V3.sample(6, seed=1)]
+)
 def test_each_candidate_builds_with_the_sizes_the_cost_model_computes(candidate):
     model = zoo.build(ModelSpec.model_validate(candidate.model()), 1, 10)
     example = torch.zeros(1, 1, candidate.resolution, candidate.resolution)
@@ -57,6 +70,21 @@ def test_each_candidate_builds_with_the_sizes_the_cost_model_computes(candidate)
     assert size.macs == zoo.count_macs(model, example)
     kernels = {m.kernel_size[0] for m in model.modules() if getattr(m, "groups", 1) > 1}
     assert kernels == set(candidate.kernels)
+    blocks_ = model.features[1:-1]
+    per_block = [v for v, n in zip(candidate.v3(), candidate.depths, strict=True) for _ in range(n)]
+    for block, (se, activation) in zip(blocks_, per_block, strict=True):
+        kinds = {type(m).__name__ for m in block.modules()}
+        assert ("SqueezeExcitation" in kinds) == se
+        assert ("Hardswish" in kinds) == (activation == "hardswish")
+        assert ("ReLU6" in kinds) == (activation == "relu6")
+
+
+def test_mobilenetv3_choices_are_per_stage_settings_and_plain_students_keep_their_model():
+    assert V3.size == 2**3 * 2 * 4**3  # kernel per stage, stage 1 depth, se × activation per stage
+    assert "se" not in next(SMALL.sample(1)).model()  # keys of plain students do not change
+    one = V3.candidate({k: v[-1] for k, v in V3.params().items()})
+    assert one.model()["se"] == [True] * 3 and one.model()["activation"] == ["hardswish"] * 3
+    assert "1×t1k5sehs" in one.describe()
 
 
 def test_the_flagship_student_is_in_the_default_space_with_its_size():
