@@ -49,7 +49,8 @@ def lines(search: dict[str, Any] | None) -> list[str]:
     out = [
         "## Search",
         "",
-        f"{search['space_size']:,} students in the space; budget {search['budget_ms']} ms on "
+        f"{search['space_size']:,} students in the space; budget "
+        f"{search.get('budget_rule') or str(search['budget_ms']) + ' ms'} on "
         f"{search['target']} ({search['runtime']}, {search['precision']}); predictor "
         f"{search['predictor']}; objective {search['objective']}; {len(search['trials'])} trials "
         f"(latency {cost['latency']} s, proxy training {cost['proxy_training']} s).",

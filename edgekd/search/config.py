@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from edgekd.config.schema import PathStr, Strict, TrainConfig, default
 from edgekd.search.space import MobileNetSpace
@@ -36,7 +36,16 @@ class SearchMeasure(Strict):
 
 class SearchConfig(Strict):
     target: PathStr = Field(description="Target profile the budget is for (targets/*.yaml).")
-    latency_budget_ms: float = Field(gt=0, description="Batch-1 latency budget on the target.")
+    latency_budget_ms: float | None = Field(
+        None, gt=0, description="Batch-1 latency budget on the target, in milliseconds."
+    )
+    latency_budget_vs_teacher: float | None = Field(
+        None,
+        gt=0,
+        description="The budget as a fraction of the teacher's FP32 batch-1 latency on the same "
+        "target and runtime, measured when the search starts (0.2: a fifth); a budget that "
+        "travels between machines. Give this or latency_budget_ms.",
+    )
     precision: Literal["int8", "fp32"] | None = Field(
         None, description="Precision timed; null: int8 when the target lists it, else fp32."
     )
@@ -72,6 +81,21 @@ class SearchConfig(Strict):
         description="Optuna RDB URL shared by several machines (postgresql://..., mysql://...); "
         "null: study.db (SQLite) in the stage folder.",
     )
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> SearchConfig:
+        if (self.latency_budget_ms is None) == (self.latency_budget_vs_teacher is None):
+            raise ValueError(
+                "give one budget: latency_budget_ms (milliseconds) or latency_budget_vs_teacher "
+                "(a fraction of the teacher's FP32 latency)"
+            )
+        return self
+
+    def budget_rule(self) -> str:
+        """The budget as the YAML states it."""
+        if self.latency_budget_ms is not None:
+            return f"{self.latency_budget_ms} ms"
+        return f"{self.latency_budget_vs_teacher} × the teacher's FP32 latency"
 
     @field_validator("space", mode="before")
     @classmethod

@@ -15,7 +15,15 @@ from edgekd.errors import EdgeKDError
 from edgekd.search import study as studies
 from edgekd.search.config import SearchConfig, bound_space, precision_for
 from edgekd.search.cost import cost
-from edgekd.search.predict import Flops, Latency, Measured, Predictor, Roofline, SearchError
+from edgekd.search.predict import (
+    Flops,
+    Latency,
+    Measured,
+    Predictor,
+    Roofline,
+    SearchError,
+    export_file,
+)
 from edgekd.search.space import MobileNetSpace, Student
 from edgekd.search.structural import Space, TeacherCandidate, TeacherSpace
 from edgekd.stage import StageContext
@@ -78,11 +86,12 @@ def search(ctx: StageContext, cfg: SearchConfig) -> dict[str, Artifact]:
     cannot_reach = unreachable(target, str(cfg.target))
     space = bound_space(plan, cfg)
     predictor = _predictor(ctx, cfg, space, target, measured, shape, cannot_reach, notes)
+    budget, rule = _budget(ctx, cfg, data, cannot_reach)
     ctx.log(
-        f"{space.size:,} students in the space; budget {cfg.latency_budget_ms} ms on "
+        f"{space.size:,} students in the space; budget {rule} on "
         f"{target.name} ({runtime}, {precision})"
     )
-    _smallest_fits(space, predictor, cfg.latency_budget_ms, target.name, ctx.log)
+    _smallest_fits(space, predictor, budget, rule, target.name, ctx.log)
 
     timed = Timed(predictor)
     proxy_seconds = 0.0
@@ -97,9 +106,7 @@ def search(ctx: StageContext, cfg: SearchConfig) -> dict[str, Artifact]:
         finally:
             proxy_seconds += time.perf_counter() - start
 
-    settings = studies.Settings(
-        space, cfg.latency_budget_ms, cfg.objective, cfg.trials, plan.config.seed, shape
-    )
+    settings = studies.Settings(space, budget, cfg.objective, cfg.trials, plan.config.seed, shape)
     study = studies.open_study(
         settings,
         studies.storage_url(cfg.storage, ctx.dir),
@@ -139,7 +146,8 @@ def search(ctx: StageContext, cfg: SearchConfig) -> dict[str, Artifact]:
         "target": target.name,
         "runtime": runtime,
         "precision": precision,
-        "budget_ms": cfg.latency_budget_ms,
+        "budget_ms": budget,
+        "budget_rule": rule,
         "predictor": predictor.name,
         "objective": cfg.objective,
         "space_size": space.size,
@@ -162,10 +170,50 @@ def search(ctx: StageContext, cfg: SearchConfig) -> dict[str, Artifact]:
     return {"architecture": ctx.artifact("architecture", out)}
 
 
+def _budget(
+    ctx: StageContext, cfg: SearchConfig, data: Splits, cannot_reach: str | None
+) -> tuple[float, str]:
+    """The budget in milliseconds, and how it was set: as given, or the fraction of the
+    teacher's FP32 latency on the target's runtime, measured now (the teacher stage's model
+    exported to FP32 ONNX, or its ONNX file, timed under the search's protocol)."""
+    from edgekd.artifacts import read_json
+    from edgekd.data.datasets import batches, sample
+    from edgekd.models.io import load_model
+
+    if cfg.latency_budget_ms is not None:
+        return cfg.latency_budget_ms, f"{cfg.latency_budget_ms} ms"
+    ratio = cfg.latency_budget_vs_teacher
+    assert ratio is not None  # one of the two, checked when the plan was loaded
+    if cannot_reach is not None:
+        raise EdgeKDError(
+            f"latency_budget_vs_teacher needs the teacher timed on the target: {cannot_reach}; "
+            "give latency_budget_ms instead"
+        )
+    folder = ctx.input_path("teacher")
+    if read_json(folder / "model.json").get("format") == "onnx":
+        path = folder / "model.onnx"
+    else:
+        model, _ = load_model(folder)
+        inputs = [b.images for b in batches(sample(data.train, 16, 0), data, 16)]
+        path, _ = export_file(model, inputs, "fp32", ctx.dir / "teacher" / "teacher_fp32.onnx")
+    plan = ctx.plan
+    _, fp32 = measuring(
+        plan, cfg.model_copy(update={"precision": "fp32"}), data, ctx.dir, ctx.run_dir / "cache"
+    )
+    teacher_ms = float(fp32.run(path)["median_ms"])
+    budget = ratio * teacher_ms
+    rule = (
+        f"{budget:.4f} ms ({ratio} × the teacher's {teacher_ms:.4f} ms, FP32 on {fp32.runtime}, "
+        "measured now)"
+    )
+    return budget, rule
+
+
 def _smallest_fits(
     space: Space,
     predictor: Predictor,
     budget: float,
+    rule: str,
     target: str,
     log: Callable[[str], None],
 ) -> None:
@@ -178,7 +226,7 @@ def _smallest_fits(
         return
     if first.ms > budget:
         raise EdgeKDError(
-            f"no candidate meets latency_budget_ms {budget} on {target}: the space's smallest "
+            f"no candidate meets the budget of {rule} on {target}: the space's smallest "
             f"student, {smallest.describe()}, takes {first.ms:.4f} ms ({first.source}); raise "
             "the budget or add smaller choices to `space:`"
         )

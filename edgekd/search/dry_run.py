@@ -60,16 +60,19 @@ def summary(plan: Plan) -> str:
             f"stage {spec.index} (search): {space.size:,} students in the space ({space.family})",
             f"  parameters {_range([s.params for s in sizes], ',')}, "
             f"MACs {_range([s.macs for s in sizes], ',')} ({counted})",
-            f"  budget {cfg.latency_budget_ms} ms on {target.name} ({runtime}, {precision}); "
+            f"  budget {cfg.budget_rule()} on {target.name} ({runtime}, {precision}); "
             f"predictor: {cfg.predictor}; {cfg.trials} trials",
         ]
         peak = target.peak
         if peak.roofline_ready:
             predicted = [roofline_ms(c, peak, precision, shape) for c in found]
-            fits = sum(ms <= cfg.latency_budget_ms for ms in predicted)
+            within = ""
+            if cfg.latency_budget_ms is not None:
+                fits = sum(ms <= cfg.latency_budget_ms for ms in predicted)
+                within = f"; {fits / len(predicted):.0%} within the budget"
             lines.append(
                 f"  roofline: {_range(predicted, '.4f')} ms, predicted (roofline), a lower "
-                f"bound; {fits / len(predicted):.0%} within the budget"
+                f"bound{within}"
             )
         else:
             lines.append(f"  roofline: not available ({target.name} has no `peak:` figures)")

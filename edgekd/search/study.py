@@ -198,7 +198,7 @@ def no_fit_error(study: optuna.Study, settings: Settings, target: str) -> EdgeKD
         return EdgeKDError(f"no candidate could be timed on {target}: {'; '.join(errors)}")
     fastest = min(timed, key=lambda t: t.user_attrs["latency_ms"])
     return EdgeKDError(
-        f"no candidate meets latency_budget_ms {settings.budget_ms} on {target}: the fastest of "
+        f"no candidate meets the budget of {settings.budget_ms:.4f} ms on {target}: the fastest of "
         f"{len(timed)} timed was {fastest.user_attrs['student']} at "
         f"{fastest.user_attrs['latency_ms']:.4f} ms ({fastest.user_attrs['latency_source']}); "
         "raise the budget or add smaller choices (width, depth, expand) to `space:`"

@@ -4,6 +4,7 @@ a fresh process, short KD proxies; resume, failures, the budget, and the student
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from edgekd import pipeline, training
 from edgekd.artifacts import read_json
 from edgekd.cli import main
-from edgekd.errors import EdgeKDError
+from edgekd.errors import ConfigError, EdgeKDError
 from edgekd.report import search as report_search
 from edgekd.search import predict
 from tests.test_pipeline import run_quietly, tiny_teacher
@@ -157,9 +158,33 @@ def test_a_candidate_that_does_not_export_is_recorded_with_its_reason(tmp_path, 
 
 def test_a_budget_no_candidate_meets_names_the_fastest(tmp_path):
     plan = pipeline.load_plan(search_yaml(tmp_path, "n", budget=0.0001))
-    with pytest.raises(EdgeKDError, match=r"no candidate meets latency_budget_ms 0.0001") as info:
+    with pytest.raises(EdgeKDError, match=r"no candidate meets the budget of 0.0001 ms") as info:
         run_quietly(plan, tmp_path / "runs")
     assert "smallest student, w0.25 [1×t1k3 1×t2k3] head 32 @ 28px, takes" in str(info.value)
+
+
+def test_a_budget_relative_to_the_teacher_is_that_fraction_of_its_measured_latency(tmp_path):
+    """The teacher (two small convs) is faster than any student of the space: a tenth of its
+    latency fails at once, naming both figures."""
+    path = search_yaml(tmp_path, "r")
+    path.write_text(
+        path.read_text().replace("latency_budget_ms: 50.0", "latency_budget_vs_teacher: 0.1")
+    )
+    with pytest.raises(EdgeKDError, match=r"no candidate meets the budget of") as info:
+        run_quietly(pipeline.load_plan(path), tmp_path / "runs")
+    found = re.search(
+        r"budget of ([\d.]+) ms \(0.1 × the teacher's ([\d.]+) ms, FP32 on onnxruntime",
+        str(info.value),
+    )
+    assert found, info.value
+    budget, teacher = map(float, found.groups())
+    assert 0 < teacher < 5 and budget == pytest.approx(0.1 * teacher, abs=1e-4)
+    both = path.read_text().replace(
+        "latency_budget_vs_teacher: 0.1", "latency_budget_vs_teacher: 0.1\n    latency_budget_ms: 1"
+    )
+    path.write_text(both)
+    with pytest.raises(ConfigError, match=r"stages\[1\]: give one budget"):
+        pipeline.load_plan(path)
 
 
 def test_the_dry_run_lists_the_space_and_predicts_latency_with_the_roofline(tmp_path, capsys):
