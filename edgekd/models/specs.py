@@ -60,6 +60,12 @@ class MobileNetV2Config(Strict):
         "null = 1280 as in the paper (too many for tiny students).",
     )
     dropout: float = Field(0.2, ge=0, lt=1, description="Dropout before the classifier.")
+    input_size: int | None = Field(
+        None,
+        gt=0,
+        description="Resize inputs to this square size inside the network first (bilinear), "
+        "so the student runs at another resolution than the data's; null: as they come.",
+    )
     se: list[bool] | None = Field(
         None,
         description="Per row of `blocks`, whether its blocks get squeeze-and-excitation after "

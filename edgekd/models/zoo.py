@@ -80,7 +80,7 @@ for _name in ("resnet18", "resnet34", "resnet50"):
 @MODELS.register("mobilenetv2")
 def mobilenet_v2(cfg: specs.MobileNetV2Config, in_channels: int, num_classes: int) -> nn.Module:
     rows = cfg.blocks or IMAGENET_SETTING
-    model = mobilenetv2.MobileNetV2(
+    model = (Resizing if cfg.input_size else mobilenetv2.MobileNetV2)(
         num_classes=num_classes,
         width_mult=cfg.width,
         inverted_residual_setting=[row[:4] for row in rows],
@@ -112,7 +112,23 @@ def mobilenet_v2(cfg: specs.MobileNetV2Config, in_channels: int, num_classes: in
         )
         model.classifier[-1] = nn.Linear(cfg.last_channel, num_classes)
         model.last_channel = cfg.last_channel
+    if isinstance(model, Resizing):
+        assert cfg.input_size is not None
+        model.input_size = cfg.input_size
     return model
+
+
+class Resizing(mobilenetv2.MobileNetV2):
+    """MobileNetV2 that first resizes its input to `input_size` (bilinear; exported as an ONNX
+    Resize, so the deployed file takes the data's resolution and its latency includes it)."""
+
+    input_size: int
+
+    def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
+            size = (self.input_size, self.input_size)
+            x = nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return super()._forward_impl(x)
 
 
 def widen_depthwise(block: nn.Module, kernel: int) -> None:

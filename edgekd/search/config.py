@@ -114,11 +114,12 @@ class SearchConfig(Strict):
 
 
 def bound_space(plan: Plan, cfg: SearchConfig) -> Space:
-    """The stage's space, a teacher-derived one given the teacher stage's architecture
-    (ValueError when that teacher cannot be cut: the stage's check reports it)."""
+    """The stage's space given the data's resolution, or a teacher-derived one given the
+    teacher stage's architecture (ValueError when that teacher cannot be cut: the stage's check
+    reports it)."""
     space = cfg.space
-    if not isinstance(space, TeacherSpace):
-        return space
+    if isinstance(space, MobileNetSpace):
+        return space.at(plan.config.data.image_size or 28)  # Fashion-MNIST's, when not set
     teacher = plan.stage_named("teacher")
     model = getattr(teacher.cfg, "model", None) if teacher else None
     if model is None or model.arch != "resnet_small":

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from edgekd.config.schema import Strict
 
@@ -101,6 +101,14 @@ class MobileNetSpace(Choices, Strict):
     )
     stem_stride: int = Field(1, ge=1, le=2, description="Stride of the 3×3 stem.")
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout before the classifier.")
+    _native: int | None = PrivateAttr(None)
+
+    def at(self, native: int) -> MobileNetSpace:
+        """This space for data of `native` pixels: a student of another resolution resizes its
+        input first, inside the network (`input_size` of its model)."""
+        bound = self.model_copy()
+        bound._native = native
+        return bound
 
     @model_validator(mode="after")
     def _consistent(self) -> MobileNetSpace:
@@ -152,6 +160,7 @@ class MobileNetSpace(Choices, Strict):
             resolution=int(params["resolution"]),
             last_channel=int(params["last_channel"]),
             space=self,
+            native=self._native,
             ses=tuple(bool(params.get(f"se{i}", self.se[0])) for i in stages),
             activations=tuple(str(params.get(f"act{i}", self.activation[0])) for i in stages),
         )
@@ -184,6 +193,7 @@ class Candidate:
     resolution: int
     last_channel: int
     space: MobileNetSpace
+    native: int | None = None  # the data's resolution, when the space was bound to it
     ses: tuple[bool, ...] = ()  # per stage; () for none
     activations: tuple[str, ...] = ()  # per stage; () for relu6 everywhere
     family: ClassVar[str] = "mobilenetv2"
@@ -204,14 +214,23 @@ class Candidate:
 
     def model(self) -> dict[str, Any]:
         """The student stage's `model:` for this candidate."""
-        return {
-            "arch": "mobilenetv2",
-            "width": self.width,
-            "stem_stride": self.space.stem_stride,
-            "last_channel": self.last_channel,
-            "dropout": self.space.dropout,
-            "blocks": self.blocks(),
-        } | self._v3_model()
+        return (
+            {
+                "arch": "mobilenetv2",
+                "width": self.width,
+                "stem_stride": self.space.stem_stride,
+                "last_channel": self.last_channel,
+                "dropout": self.space.dropout,
+                "blocks": self.blocks(),
+            }
+            | self._v3_model()
+            | self._resize()
+        )
+
+    def _resize(self) -> dict[str, Any]:
+        if self.native is None or self.resolution == self.native:
+            return {}
+        return {"input_size": self.resolution}
 
     def _v3_model(self) -> dict[str, Any]:
         """`se`/`activation` rows, only when a stage uses them (a plain MobileNetV2 candidate

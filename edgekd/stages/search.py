@@ -68,11 +68,17 @@ class SearchStage(Stage):
                     f"mem_gbps) in {cfg.target}; it has {peak.model_dump(exclude_none=True)}",
                 )
         size = plan.config.data.image_size or 28  # Fashion-MNIST's, when not set
-        if cfg.space.resolution != [size]:
+        if cfg.predictor == "lut" and cfg.space.resolution != [size]:
             raise plan.doc.error(
                 (*loc, "space", "resolution"),
-                f"the data are {size}×{size} px, so the space's resolution must be [{size}] "
-                "(searching the input resolution is not built yet)",
+                f"a latency table times blocks, not the resize from the data's {size} px to "
+                f"{cfg.space.resolution}; use predictor: measured to search the resolution",
+            )
+        if cfg.space.family == "teacher" and cfg.space.resolution != [size]:
+            raise plan.doc.error(
+                (*loc, "space", "resolution"),
+                f"the data are {size}×{size} px; a space cut from the teacher keeps its "
+                f"resolution, so resolution must be [{size}]",
             )
 
     def run(self, ctx: StageContext, cfg: SearchConfig) -> dict[str, Artifact]:

@@ -79,6 +79,28 @@ def test_each_candidate_builds_with_the_sizes_the_cost_model_computes(candidate)
         assert ("ReLU6" in kinds) == (activation == "relu6")
 
 
+def test_a_student_of_another_resolution_resizes_its_input_inside_the_network():
+    space = MobileNetSpace(width=[0.5], resolution=[20, 28]).at(28)
+    low, native = (
+        space.candidate({**{k: v[0] for k, v in space.params().items()}, "resolution": r})
+        for r in (20, 28)
+    )
+    assert low.model()["input_size"] == 20 and "input_size" not in native.model()
+    model = zoo.build(ModelSpec.model_validate(low.model()), 1, 10)
+    data_sized = torch.zeros(1, 1, 28, 28)  # the data's resolution goes in
+    assert model(data_sized).shape == (1, 10)
+    assert zoo.count_macs(model, data_sized) == cost(low, 1, 10).macs  # convs run at 20 px
+    assert cost(low, 1, 10).macs < cost(native, 1, 10).macs
+
+
+def test_a_latency_table_cannot_search_the_resolution(write_yaml):
+    text = SEARCH.format(space="      resolution: [20, 28]").replace(
+        "latency_budget_ms: 1.0", "latency_budget_ms: 1.0\n    predictor: lut\n    lut: x.json"
+    )
+    with pytest.raises(ConfigError, match=r"stages\[1\].space.resolution: a latency table"):
+        pipeline.load_plan(write_yaml(text))
+
+
 def test_mobilenetv3_choices_are_per_stage_settings_and_plain_students_keep_their_model():
     assert V3.size == 2**3 * 2 * 4**3  # kernel per stage, stage 1 depth, se × activation per stage
     assert "se" not in next(SMALL.sample(1)).model()  # keys of plain students do not change
@@ -131,7 +153,7 @@ stages:
         ("      width: [0.5, 0.5]", "space", "lists a value twice"),
         ("      width: []", "space.width", "at least 1 item"),
         ("      kernel: [3, 4]", "space", "must be odd"),
-        ("      resolution: [32]", "space.resolution", r"must be \[28\]"),
+        ("      resolution: [4]", "space", "smaller than the network's total stride 8"),
         ("      widht: [1.0]", "space.widht", "did you mean"),
     ],
 )
