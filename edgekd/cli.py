@@ -18,6 +18,8 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     plan = pipeline.load_plan(args.pipeline)
     result = pipeline.run(plan, out=args.out, from_stage=args.from_stage, console=console)
     console.print(f"run folder: {result['run_dir']}")
+    for label, variant in result.get("variants", {}).items():
+        console.print(f"  on {label}: {variant['run_dir']}", highlight=False)
     return 0
 
 
@@ -60,6 +62,11 @@ def _profile(args: argparse.Namespace, console: Console) -> int:
     if spec is None:
         raise EdgeKDError(f"{args.pipeline} has no search stage: its space is what is profiled")
     cfg = spec.cfg
+    if cfg.targets is not None:
+        raise EdgeKDError(
+            f"{args.pipeline}: its search runs on several targets; a latency table is made on "
+            "one: profile each with a copy of the pipeline whose search has that `target:`"
+        )
     if cfg.space.family != "mobilenetv2":
         raise EdgeKDError(
             f"{args.pipeline}: latency tables are built for mobilenetv2 spaces, not "

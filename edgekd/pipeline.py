@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from pathlib import Path
@@ -94,7 +95,26 @@ def load_plan(path: str | Path) -> Plan:
     rules.check_plan(plan)
     for spec in plan.stages:
         spec.stage.check(spec.cfg, plan, spec.index)
+    _fan_out(plan)
     return plan
+
+
+def _fan_out(plan: Plan) -> None:
+    """The plan's variants when a stage runs several times (a search over several targets):
+    the same plan with that stage's config for each; one stage may fan out."""
+    fanning = [(spec, spec.stage.fan_out(spec.cfg, plan)) for spec in plan.stages]
+    fanning = [(spec, runs) for spec, runs in fanning if runs]
+    if not fanning:
+        return
+    if len(fanning) > 1:
+        raise plan.doc.error(
+            fanning[1][0].loc, "only one stage may run once per target; this is the second"
+        )
+    spec, runs = fanning[0]
+    plan.fan_index = spec.index
+    for label, cfg in runs:
+        stages = [dataclasses.replace(s, cfg=cfg) if s is spec else s for s in plan.stages]
+        plan.variants.append((label, dataclasses.replace(plan, stages=stages, variants=[])))
 
 
 def _scheme(plan: Plan) -> tuple[str, Any]:
@@ -195,7 +215,9 @@ def run(
     from_stage: str | None = None,
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """Run every stage in order, reusing finished ones whose key is unchanged."""
+    """Run every stage in order, reusing finished ones whose key is unchanged. A plan with
+    variants runs the stages before its fanning stage once, then the rest once per variant in
+    runs/<name>/<label>/, where the shared stages' folders and the cache are links."""
     console = console or Console()
     run_dir = (out or Path("runs")) / plan.config.name
     claim_run_dir(plan, run_dir)
@@ -204,11 +226,57 @@ def run(
             f"--from {from_stage}: no such stage in {plan.path} "
             f"(stages: {', '.join(s.name for s in plan.stages)})"
         )
-    forced = False
-    artifacts: dict[str, Artifact] = {}
+    if plan.fan_index is None:
+        done = _run_stages(plan, plan.stages, run_dir, {}, from_stage, console)
+        print_summary(console, done.summary)
+        return {"run_dir": str(run_dir), "stages": done.summary, "artifacts": done.artifacts}
+    shared = plan.stages[: plan.fan_index]
+    before = _run_stages(plan, shared, run_dir, {}, from_stage, console)
+    variants = {}
+    for label, variant in plan.variants:
+        folder = run_dir / label
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in [s.dirname for s in shared] + ["cache"]:
+            link = folder / name
+            if not link.is_symlink():
+                (run_dir / name).mkdir(exist_ok=True)
+                shutil.rmtree(link, ignore_errors=True)
+                link.symlink_to(Path("..") / name, target_is_directory=True)
+        console.rule(f"[bold]{plan.config.name} on {label}[/bold] ({folder})")
+        rest = variant.stages[plan.fan_index :]
+        artifacts = dict(before.artifacts)
+        done = _run_stages(variant, rest, folder, artifacts, from_stage, console, before.forced)
+        print_summary(console, before.summary + done.summary, f"edgekd run on {label}")
+        variants[label] = {"run_dir": str(folder), "stages": done.summary}
+    return {
+        "run_dir": str(run_dir),
+        "stages": before.summary,
+        "artifacts": before.artifacts,
+        "variants": variants,
+    }
+
+
+@dataclasses.dataclass
+class _Ran:
+    summary: list[dict[str, Any]]
+    artifacts: dict[str, Artifact]
+    forced: bool
+
+
+def _run_stages(
+    plan: Plan,
+    stages: list[StageSpec],
+    run_dir: Path,
+    artifacts: dict[str, Artifact],
+    from_stage: str | None,
+    console: Console,
+    forced: bool = False,
+) -> _Ran:
+    """Run `stages` in `run_dir` given the earlier stages' artifacts; `forced`: an earlier
+    stage was --from, so these all rerun."""
     summary: list[dict[str, Any]] = []
 
-    for spec in plan.stages:
+    for spec in stages:
         forced = forced or spec.name == from_stage
         rerun = forced or not spec.stage.cacheable
         stage_dir = run_dir / spec.dirname
@@ -280,12 +348,13 @@ def run(
         summary.append(
             {"stage": spec.name, "status": "ran", "wall_s": round(wall, 2), "metrics": ctx.metrics}
         )
-    print_summary(console, summary)
-    return {"run_dir": str(run_dir), "stages": summary, "artifacts": artifacts}
+    return _Ran(summary, artifacts, forced)
 
 
-def print_summary(console: Console, summary: list[dict[str, Any]]) -> None:
-    table = Table(title="edgekd run")
+def print_summary(
+    console: Console, summary: list[dict[str, Any]], title: str = "edgekd run"
+) -> None:
+    table = Table(title=title)
     for column in ("stage", "status", "wall s", "key metrics"):
         table.add_column(column)
     for row in summary:

@@ -49,6 +49,10 @@ class Plan:
     scheme: str = "offline"  # `distill.scheme`'s name, and its validated settings
     scheme_cfg: Any = None
     targets: list[TargetProfile] = field(default_factory=list)
+    # A stage that fans out (a search over several targets): its index, and per label the plan
+    # whose stages from there on run in runs/<name>/<label>/, sharing the stages before it.
+    fan_index: int | None = None
+    variants: list[tuple[str, Plan]] = field(default_factory=list)
 
     def resolve(self, value: str) -> Path:
         """A path from the YAML: relative to the working directory, else to the YAML's folder."""

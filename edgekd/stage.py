@@ -46,6 +46,11 @@ class Stage:
     def check(self, cfg: Any, plan: Plan, index: int) -> None:
         """Cross-file checks at validation time (e.g. a referenced calibration file)."""
 
+    def fan_out(self, cfg: Any, plan: Plan) -> list[tuple[str, Any]]:
+        """(label, config) per run of this stage and the stages after it, when the pipeline
+        runs them several times (a search over several targets); [] for one run."""
+        return []
+
     def reads(self, cfg: Any, plan: Plan) -> dict[str, Path]:
         """Files and folders the stage reads, by the YAML key that names them: every
         path-marked value of its config (config.schema.PathStr) unless a stage says more."""

@@ -34,8 +34,44 @@ class SearchMeasure(Strict):
     min_seconds: float = Field(0.5, ge=0, description="Least timed seconds.")
 
 
+class TargetBudget(Strict):
+    """One target of a search over several, with its own budget (`targets:`)."""
+
+    target: PathStr = Field(description="Target profile (targets/*.yaml).")
+    latency_budget_ms: float | None = Field(None, gt=0, description="Budget there, in ms.")
+    latency_budget_vs_teacher: float | None = Field(
+        None, gt=0, description="Budget there, as a fraction of the teacher's FP32 latency."
+    )
+    precision: Literal["int8", "fp32"] | None = Field(
+        None, description="Precision timed there; null: the stage's `precision:`."
+    )
+    runtime: str | None = Field(None, description="Runtime timed there; null: the stage's.")
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> TargetBudget:
+        one_budget(self.latency_budget_ms, self.latency_budget_vs_teacher)
+        return self
+
+
+def one_budget(ms: float | None, vs_teacher: float | None) -> None:
+    if (ms is None) == (vs_teacher is None):
+        raise ValueError(
+            "give one budget: latency_budget_ms (milliseconds) or latency_budget_vs_teacher "
+            "(a fraction of the teacher's FP32 latency)"
+        )
+
+
 class SearchConfig(Strict):
-    target: PathStr = Field(description="Target profile the budget is for (targets/*.yaml).")
+    target: PathStr | None = Field(
+        None, description="Target profile the budget is for (targets/*.yaml)."
+    )
+    targets: list[TargetBudget] | None = Field(
+        None,
+        min_length=1,
+        description="Several targets, each with its budget, in place of `target:`: the search "
+        "and every stage after it run once per target, in runs/<name>/<target>/, sharing the "
+        "stages before it (the teacher and its cached logits).",
+    )
     latency_budget_ms: float | None = Field(
         None, gt=0, description="Batch-1 latency budget on the target, in milliseconds."
     )
@@ -84,12 +120,35 @@ class SearchConfig(Strict):
 
     @model_validator(mode="after")
     def _one_budget(self) -> SearchConfig:
-        if (self.latency_budget_ms is None) == (self.latency_budget_vs_teacher is None):
+        if self.targets is None:
+            if self.target is None:
+                raise ValueError("give `target:` (or `targets:`, a list with a budget each)")
+            one_budget(self.latency_budget_ms, self.latency_budget_vs_teacher)
+        elif self.target is not None or self.latency_budget_ms or self.latency_budget_vs_teacher:
             raise ValueError(
-                "give one budget: latency_budget_ms (milliseconds) or latency_budget_vs_teacher "
-                "(a fraction of the teacher's FP32 latency)"
+                "`targets:` names each target with its budget; drop the stage's own `target:` "
+                "and budget"
             )
         return self
+
+    def for_target(self, entry: TargetBudget) -> SearchConfig:
+        """This search for one entry of `targets:`."""
+        return self.model_copy(
+            update={
+                "target": entry.target,
+                "targets": None,
+                "latency_budget_ms": entry.latency_budget_ms,
+                "latency_budget_vs_teacher": entry.latency_budget_vs_teacher,
+                "precision": entry.precision or self.precision,
+                "runtime": entry.runtime or self.runtime,
+            }
+        )
+
+    @property
+    def target_path(self) -> str:
+        """`target:`, in a search of one target (a plan's variants have one each)."""
+        assert self.target is not None, "a search over several targets runs once per target"
+        return self.target
 
     def budget_rule(self) -> str:
         """The budget as the YAML states it."""
@@ -137,7 +196,7 @@ def target_profile(plan: Plan, cfg: SearchConfig) -> TargetProfile:
     from edgekd.config.loader import load_yaml, validate
     from edgekd.config.schema import TargetProfile
 
-    doc = load_yaml(plan.resolve(cfg.target))
+    doc = load_yaml(plan.resolve(cfg.target_path))
     return validate(TargetProfile, doc.data, doc)
 
 

@@ -55,7 +55,7 @@ def measuring(
     from edgekd.bench import load_target
     from edgekd.runners.base import MeasureProtocol
 
-    target_path = plan.resolve(cfg.target)
+    target_path = plan.resolve(cfg.target_path)
     target = load_target(target_path)
     protocol = MeasureProtocol(
         cfg.measure.warmup, cfg.measure.iterations, cfg.measure.min_seconds, 1, target.threads
@@ -83,7 +83,7 @@ def search(ctx: StageContext, cfg: SearchConfig) -> dict[str, Artifact]:
     runtime, precision = measured.runtime, measured.precision
     shape = (data.input_shape[0], len(data.classes))
     notes: list[str] = []
-    cannot_reach = unreachable(target, str(cfg.target))
+    cannot_reach = unreachable(target, cfg.target_path)
     space = bound_space(plan, cfg)
     predictor = _predictor(ctx, cfg, space, target, measured, shape, cannot_reach, notes)
     budget, rule = _budget(ctx, cfg, data, cannot_reach)

@@ -42,7 +42,8 @@ def _range(values: list[float], fmt: str) -> str:
 def summary(plan: Plan) -> str:
     from edgekd.search.config import bound_space, precision_for, target_profile
 
-    specs = [s for s in plan.stages if s.name == "search"]
+    plans = [v for _, v in plan.variants] or [plan]  # a search over several targets: each
+    specs = [s for p in plans for s in p.stages if s.name == "search"]
     if not specs:
         return f"{plan.path}: no search stage\n"
     shape = data_shape(plan)

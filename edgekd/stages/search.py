@@ -27,7 +27,28 @@ class SearchStage(Stage):
     produces = ("architecture",)
 
     def check(self, cfg: Any, plan: Plan, index: int) -> None:
-        loc = ("stages", index)
+        if cfg.targets is None:
+            self._check_one(cfg, plan, ("stages", index))
+            return
+        for j, entry in enumerate(cfg.targets):
+            self._check_one(cfg.for_target(entry), plan, ("stages", index, "targets", j))
+        labels = [label for label, _ in self.fan_out(cfg, plan)]
+        twice = sorted({x for x in labels if labels.count(x) > 1})
+        if twice:
+            raise plan.doc.error(
+                ("stages", index, "targets"),
+                f"targets named {', '.join(twice)} more than once: each gets its own run folder",
+            )
+
+    def fan_out(self, cfg: Any, plan: Plan) -> list[tuple[str, Any]]:
+        """One search (and everything after it) per entry of `targets:`, by target name."""
+        if cfg.targets is None:
+            return []
+        runs = [cfg.for_target(entry) for entry in cfg.targets]
+        return [(target_profile(plan, one).name, one) for one in runs]
+
+    def _check_one(self, cfg: Any, plan: Plan, loc: tuple[Any, ...]) -> None:
+        stage_loc = loc[:2]
         if not plan.resolve(cfg.target).exists():
             raise plan.doc.error((*loc, "target"), f"target profile {plan.not_found(cfg.target)}")
         target = target_profile(plan, cfg)
@@ -45,17 +66,17 @@ class SearchStage(Stage):
         try:
             bound_space(plan, cfg)
         except ValueError as exc:
-            raise plan.doc.error((*loc, "space"), str(exc)) from None
+            raise plan.doc.error((*stage_loc, "space"), str(exc)) from None
         if cfg.predictor == "lut" and cfg.space.family != "mobilenetv2":
             raise plan.doc.error(
-                (*loc, "predictor"),
+                (*stage_loc, "predictor"),
                 f"latency tables are built for mobilenetv2 spaces; a {cfg.space.family} space "
                 "uses measured, roofline or flops",
             )
         if cfg.predictor == "lut" and cfg.lut is None:
             # the file itself may not exist yet: `edgekd profile` loads this plan to make it
             raise plan.doc.error(
-                (*loc, "predictor"),
+                (*stage_loc, "predictor"),
                 f"predictor lut needs `lut:`, the latency table that `edgekd profile {plan.path}` "
                 "writes on the target",
             )
@@ -63,20 +84,20 @@ class SearchStage(Stage):
             peak = target.peak
             if not peak.roofline_ready:
                 raise plan.doc.error(
-                    (*loc, "predictor"),
+                    (*stage_loc, "predictor"),
                     f"the roofline needs `peak:` figures (int8_tops or fp16_tflops, and "
                     f"mem_gbps) in {cfg.target}; it has {peak.model_dump(exclude_none=True)}",
                 )
         size = plan.config.data.image_size or 28  # Fashion-MNIST's, when not set
         if cfg.predictor == "lut" and cfg.space.resolution != [size]:
             raise plan.doc.error(
-                (*loc, "space", "resolution"),
+                (*stage_loc, "space", "resolution"),
                 f"a latency table times blocks, not the resize from the data's {size} px to "
                 f"{cfg.space.resolution}; use predictor: measured to search the resolution",
             )
         if cfg.space.family == "teacher" and cfg.space.resolution != [size]:
             raise plan.doc.error(
-                (*loc, "space", "resolution"),
+                (*stage_loc, "space", "resolution"),
                 f"the data are {size}×{size} px; a space cut from the teacher keeps its "
                 f"resolution, so resolution must be [{size}]",
             )

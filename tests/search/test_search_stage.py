@@ -3,11 +3,13 @@ a fresh process, short KD proxies; resume, failures, the budget, and the student
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from edgekd import pipeline, training
 from edgekd.artifacts import read_json
@@ -222,3 +224,59 @@ def test_the_pareto_objective_marks_the_front_and_chooses_on_it(tmp_path):
         )
     (chosen,) = [t for t in trials if t["outcome"] == "chosen"]
     assert chosen["pareto"]
+
+
+def test_a_search_over_two_targets_shares_the_teacher_and_runs_the_rest_once_per_target(
+    tmp_path,
+):
+    other = tmp_path / "cpu-b.yaml"
+    other.write_text(
+        "name: cpu-b\nkind: local-cpu\nruntimes: [onnxruntime]\nprecisions: [fp32, int8]\n"
+    )
+    path = search_yaml(tmp_path, "m", trials=2)
+    path.write_text(
+        path.read_text()
+        .replace(
+            "    target: targets/cpu-x86.yaml\n",
+            f"    targets:\n      - {{target: targets/cpu-x86.yaml, latency_budget_ms: 50}}\n"
+            f"      - {{target: {other}, latency_budget_vs_teacher: 100}}\n",
+        )
+        .replace("    latency_budget_ms: 50.0\n", "")
+    )
+    out = tmp_path / "runs"
+    console = Console(file=io.StringIO(), width=200)
+    result = pipeline.run(pipeline.load_plan(path), out=out, console=console)
+    run = out / "m"
+    assert set(result["variants"]) == {"cpu-x86", "cpu-b"}
+    assert (run / "00_teacher" / "manifest.json").exists()
+    for label in ("cpu-x86", "cpu-b"):
+        folder = run / label
+        assert (folder / "00_teacher").is_symlink() and (folder / "cache").is_symlink()
+        trials = trials_of(folder)
+        assert len(trials) == 2
+        assert all(t["latency_source"] == f"measured (onnxruntime, {label})" for t in trials)
+        assert (folder / "02_student" / "student" / "model.json").exists()
+    search_b = read_json(run / "cpu-b" / "01_search" / "manifest.json")["metrics"]["search"]
+    assert "100.0 × the teacher's" in search_b["budget_rule"]
+    # the teacher's logits on the proxies' subset and on the student's images, cached once
+    # each in the shared folder (per-target caches would hold four)
+    assert len(list((run / "cache").glob("teacher0-logits-*"))) == 2
+    log = run_quietly(pipeline.load_plan(path), out)
+    assert log.count("unchanged, reusing") == 1 + 2 * 2  # teacher; search and student per target
+
+
+def test_two_entries_of_one_target_are_refused_with_the_line(tmp_path):
+    path = search_yaml(tmp_path, "t", trials=2)
+    entry = "      - {target: targets/cpu-x86.yaml, latency_budget_ms: 50}\n"
+    path.write_text(
+        path.read_text()
+        .replace("    target: targets/cpu-x86.yaml\n", f"    targets:\n{entry}{entry}")
+        .replace("    latency_budget_ms: 50.0\n", "")
+    )
+    with pytest.raises(ConfigError, match=r"stages\[1\].targets: targets named cpu-x86 more"):
+        pipeline.load_plan(path)
+    path.write_text(
+        path.read_text().replace("    targets:\n", "    target: x.yaml\n    targets:\n")
+    )
+    with pytest.raises(ConfigError, match=r"drop the stage's own `target:`"):
+        pipeline.load_plan(path)
