@@ -150,6 +150,7 @@ def predictors(pipeline: Path, out: Path, count: int, seed: int, results: dict[s
     results["lut"] = {
         "blocks": len(table.blocks),
         "overhead_ms": table.overhead_ms,
+        "per_block_ms": table.per_block_ms,
         "references": table.references,
         "fingerprint": table.fingerprint,
     }
@@ -221,7 +222,14 @@ def final_onnx(run: Path) -> Path:
     return folder / final.file
 
 
-def budgets(pipeline: Path, out: Path, runs: Path, repeats: int, results: dict[str, Any]) -> None:
+def budgets(
+    pipeline: Path,
+    out: Path,
+    runs: Path,
+    repeats: int,
+    results: dict[str, Any],
+    teacher_space: bool = False,
+) -> None:
     from edgekd.bench import bench_file
     from edgekd.search import driver
 
@@ -237,7 +245,13 @@ def budgets(pipeline: Path, out: Path, runs: Path, repeats: int, results: dict[s
         budget["flagship_student"] = flagship.describe()
     runs_of = budget.setdefault("runs", {})
     doc = yaml.safe_load(pipeline.read_text())
-    for label, factor in (("same", 1.0), ("half", 0.5)):
+    variants: list[tuple[str, float, dict[str, Any] | None]] = [
+        ("same", 1.0, None),
+        ("half", 0.5, None),
+    ]
+    if teacher_space:  # students cut from the teacher, from its weights, at the same budget
+        variants.append(("teacher_cut_same", 1.0, {"family": "teacher"}))
+    for label, factor, space in variants:
         name = f"mobilenet_search_{label}"
         if name in runs_of:
             continue
@@ -245,6 +259,8 @@ def budgets(pipeline: Path, out: Path, runs: Path, repeats: int, results: dict[s
         variant["stages"] = [dict(s) for s in doc["stages"]]
         stage = next(s for s in variant["stages"] if s["stage"] == "search")
         stage["latency_budget_ms"] = round(budget["flagship_ms"] * factor, 4)
+        if space is not None:
+            stage["space"] = space
         path = out / f"{name}.yaml"
         path.write_text(yaml.safe_dump(variant, sort_keys=False))
         try:
@@ -256,7 +272,7 @@ def budgets(pipeline: Path, out: Path, runs: Path, repeats: int, results: dict[s
     files = {"flagship": final_onnx(flagship_run)}
     files |= {n: final_onnx(runs / n) for n, r in runs_of.items() if "failed" not in r}
     timings: dict[str, list[float]] = {name: [] for name in files}
-    target = ROOT / cfg.target
+    target = ROOT / cfg.target_path
     for _ in range(repeats):  # interleaved, so drift between files averages out
         for name, file in files.items():
             row = bench_file(
@@ -331,13 +347,21 @@ def render_predictors(results: dict[str, Any]) -> list[str]:
             f"| {label} | {pct(a['within'])} ({round(a['within'] * a['n'])}/{a['n']}) | "
             f"{a['spearman']:.3f} | {pct(a['median_error'])} |"
         )
+    lut_share = agreement(reference, [r["lut"] for r in ok])["within"]
+    lines += [
+        "",
+        f"Goal (issue #10): the latency table within ±10 % for ≥ 90 % of the students: "
+        f"{pct(lut_share)}, **{'met' if lut_share >= 0.9 else 'not met'}** (nn-Meter reports "
+        "about 99 % on mobile CPUs for its kernel-level predictor).",
+    ]
     lut, peak = results["lut"], results["peak"]
     seconds = results["seconds"]
     lines += [
         "",
-        f"- latency table: {lut['blocks']} blocks timed, per-model overhead "
-        f"{lut['overhead_ms']:.4f} ms (median of measured − sum of blocks over "
-        f"{len(lut['references'])} whole students, measured for the table, not the reference "
+        f"- latency table: {lut['blocks']} blocks timed alone; per-model overhead "
+        f"{lut['overhead_ms']:.4f} ms and per-block cost of timing a block alone "
+        f"{lut.get('per_block_ms', 0):.4f} ms, fitted by least squares to "
+        f"{len(lut['references'])} whole students measured for the table (not the reference "
         "above); built in "
         f"{seconds.get('profile', float('nan')) / 60:.1f} min",
         f"- roofline: this CPU's figures derived here (no data sheet): {peak['cores']} cores × "
@@ -404,6 +428,20 @@ def render_budgets(budget: dict[str, Any]) -> list[str]:
             f"{statistics.median(times):.4f} ({', '.join(f'{t:.4f}' for t in times)}) | "
             f"{rep['total_s'] / 60:.1f} | {cost} |"
         )
+    acc = {n: r["final_acc"] for n, r in reports.items()}
+    if "flagship" in acc:
+        lines.append("")
+        for name, goal, ok in (
+            ("mobilenet_search_same", "at the flagship's latency, more accurate than it",
+             lambda a: a > acc["flagship"]),
+            ("mobilenet_search_half", "at half of it, less than 1 point below it",
+             lambda a: a > acc["flagship"] - 1),
+        ):  # fmt: skip
+            if name in acc:
+                verdict = "met" if ok(acc[name]) else "not met"
+                lines.append(f"- Goal: {goal}: {acc[name]} % vs {acc['flagship']} %, **{verdict}**")
+            else:
+                lines.append(f"- Goal: {goal}: not measured ({name} did not finish)")
     return [*lines, ""]
 
 
@@ -415,6 +453,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--runs", type=Path, default=ROOT / "runs")
+    parser.add_argument(
+        "--teacher-space",
+        action="store_true",
+        help="also search students cut from the teacher (family: teacher) at the same budget",
+    )
     parser.add_argument("--skip-run", action="store_true", help="only re-render the doc")
     parser.add_argument("--doc", type=Path, default=TARGET_DOC)
     args = parser.parse_args()
@@ -432,7 +475,9 @@ def main() -> None:
         if args.part in ("predictors", "all"):
             predictors(args.pipeline.resolve(), out, args.candidates, args.seed, results)
         if args.part in ("budgets", "all"):
-            budgets(args.pipeline.resolve(), out, args.runs, args.repeats, results)
+            budgets(
+                args.pipeline.resolve(), out, args.runs, args.repeats, results, args.teacher_space
+            )
     write_text(args.doc, render(results))
     print(f"wrote {args.doc}")
 

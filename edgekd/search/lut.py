@@ -28,20 +28,23 @@ REFERENCES = 4  # whole candidates timed to measure the per-model overhead
 
 
 class Table(Record):
-    """A latency table: block key → median ms on one device, and the per-model overhead."""
+    """A latency table: block key → median ms on one device, the per-model overhead, and what
+    timing a block alone adds to it (its own input quantize, output dequantize and call)."""
 
     fingerprint: dict[str, Any]
     target: str
     blocks: dict[str, float]
     overhead_ms: float
     references: list[dict[str, Any]]
+    per_block_ms: float = 0.0
 
     def predict(self, candidate: Student, shape: tuple[int, int]) -> float:
         found = blocks(candidate, *shape)
         missing = [b.name for b in found if b.key() not in self.blocks]
         if missing:
             raise SearchError(f"blocks {', '.join(missing)} are not in the latency table")
-        return self.overhead_ms + sum(self.blocks[b.key()] for b in found)
+        summed = sum(self.blocks[b.key()] for b in found)
+        return self.overhead_ms + summed - self.per_block_ms * len(found)
 
 
 def unique_blocks(space: MobileNetSpace, shape: tuple[int, int]) -> dict[str, Block]:
@@ -103,6 +106,22 @@ def block_module(block: Block) -> Any:
     return module
 
 
+def _wrapped(body: Any) -> Any:
+    """`body` inside a plain module: NNCF registers its hook storage as a child of the model it
+    quantizes, which an nn.Sequential (the stem, the head) would then call as a layer."""
+    from torch import nn
+
+    class Wrapped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = body
+
+        def forward(self, x: Any) -> Any:
+            return self.body(x)
+
+    return Wrapped()
+
+
 def fingerprint(row: dict[str, Any]) -> dict[str, Any]:
     """What a measured row says about the device and runtime that produced it."""
     return {k: row.get(k) for k in ("machine", "runtime", "versions", "precision", "threads")}
@@ -117,7 +136,7 @@ class Profiler:
     def time_block(self, block: Block, number: int) -> dict[str, Any]:
         import torch
 
-        module = block_module(block).eval()
+        module = _wrapped(block_module(block)).eval()
         size = block.layers[0].size_in
         generator = torch.Generator().manual_seed(number)
         inputs = [
@@ -155,16 +174,35 @@ def profile(space: MobileNetSpace, profiler: Profiler, log: Callable[[str], None
         overhead_ms=0.0,
         references=[],
     )
-    overheads = []
+    gaps, counts = [], []
     for candidate in space.sample(REFERENCES, seed=1):
         whole = profiler.measured.predict(candidate).ms
         summed = table.predict(candidate, profiler.shape)
-        overheads.append(whole - summed)
+        gaps.append(whole - summed)
+        counts.append(len(blocks(candidate, *profiler.shape)))
         table.references.append(
-            {"student": candidate.describe(), "measured_ms": whole, "sum_of_blocks_ms": summed}
+            {
+                "student": candidate.describe(),
+                "measured_ms": whole,
+                "sum_of_blocks_ms": summed,
+                "blocks": counts[-1],
+            }
         )
-    table.overhead_ms = statistics.median(overheads)
+    table.overhead_ms, table.per_block_ms = fit_overheads(gaps, counts)
     return table
+
+
+def fit_overheads(gaps: list[float], counts: list[int]) -> tuple[float, float]:
+    """(per-model overhead C, per-block cost c) with whole ≈ C + Σ blocks − c · blocks, by
+    least squares over the reference students (whole − Σ blocks = C − c · blocks); with one
+    block count among them only C, their median gap."""
+    import numpy as np
+
+    if len(set(counts)) < 2:
+        return statistics.median(gaps), 0.0
+    design = np.column_stack([np.ones(len(counts)), -np.asarray(counts, dtype=float)])
+    (overhead, per_block), *_ = np.linalg.lstsq(design, np.asarray(gaps), rcond=None)
+    return float(overhead), float(per_block)
 
 
 def refuse_other_device(table: Table, now: dict[str, Any], source: Path, rebuild: str) -> None:

@@ -62,9 +62,20 @@ def test_the_table_sums_its_blocks_plus_the_overhead():
     )
     expected = 0.005 + sum(0.01 * (i + 1) for i in range(len(keys)))
     assert table.predict(candidate, (1, 10)) == pytest.approx(expected)
+    table.per_block_ms = 0.002  # what timing each block alone added
+    assert table.predict(candidate, (1, 10)) == pytest.approx(expected - 0.002 * len(keys))
     del table.blocks[keys[1]]
     with pytest.raises(SearchError, match=r"blocks block0.0 are not in the latency table"):
         table.predict(candidate, (1, 10))
+
+
+def test_the_overheads_are_fitted_from_the_reference_students():
+    # whole = 0.03 + Σ blocks − 0.004 · blocks, exactly, for students of 4, 6 and 9 blocks
+    counts = [4, 6, 9, 6]
+    gaps = [0.03 - 0.004 * n for n in counts]
+    overhead, per_block = lut.fit_overheads(gaps, counts)
+    assert overhead == pytest.approx(0.03) and per_block == pytest.approx(0.004)
+    assert lut.fit_overheads([0.01, 0.03], [5, 5]) == (pytest.approx(0.02), 0.0)
 
 
 def test_a_profile_serves_its_own_device_and_refuses_another(tmp_path):
