@@ -177,8 +177,6 @@ def _budget(
     teacher's FP32 latency on the target's runtime, measured now (the teacher stage's model
     exported to FP32 ONNX, or its ONNX file, timed under the search's protocol)."""
     from edgekd.artifacts import read_json
-    from edgekd.data.datasets import batches, sample
-    from edgekd.models.io import load_model
 
     if cfg.latency_budget_ms is not None:
         return cfg.latency_budget_ms, f"{cfg.latency_budget_ms} ms"
@@ -189,6 +187,26 @@ def _budget(
             f"latency_budget_vs_teacher needs the teacher timed on the target: {cannot_reach}; "
             "give latency_budget_ms instead"
         )
+    saved = ctx.dir / "teacher" / "latency.json"  # a resumed search keeps its budget
+    if saved.exists():
+        teacher_ms, runtime = read_json(saved)["median_ms"], read_json(saved)["runtime"]
+    else:
+        teacher_ms, runtime = _teacher_ms(ctx, cfg, data)
+        write_json(saved, {"median_ms": teacher_ms, "runtime": runtime})
+    budget = ratio * teacher_ms
+    rule = (
+        f"{budget:.4f} ms ({ratio} × the teacher's {teacher_ms:.4f} ms, FP32 on {runtime}, "
+        "measured when the search started)"
+    )
+    return budget, rule
+
+
+def _teacher_ms(ctx: StageContext, cfg: SearchConfig, data: Splits) -> tuple[float, str]:
+    """The teacher's FP32 batch-1 latency on the search's target and runtime."""
+    from edgekd.artifacts import read_json
+    from edgekd.data.datasets import batches, sample
+    from edgekd.models.io import load_model
+
     folder = ctx.input_path("teacher")
     if read_json(folder / "model.json").get("format") == "onnx":
         path = folder / "model.onnx"
@@ -200,13 +218,7 @@ def _budget(
     _, fp32 = measuring(
         plan, cfg.model_copy(update={"precision": "fp32"}), data, ctx.dir, ctx.run_dir / "cache"
     )
-    teacher_ms = float(fp32.run(path)["median_ms"])
-    budget = ratio * teacher_ms
-    rule = (
-        f"{budget:.4f} ms ({ratio} × the teacher's {teacher_ms:.4f} ms, FP32 on {fp32.runtime}, "
-        "measured now)"
-    )
-    return budget, rule
+    return float(fp32.run(path)["median_ms"]), fp32.runtime
 
 
 def _smallest_fits(

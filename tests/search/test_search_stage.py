@@ -181,6 +181,9 @@ def test_a_budget_relative_to_the_teacher_is_that_fraction_of_its_measured_laten
     assert found, info.value
     budget, teacher = map(float, found.groups())
     assert 0 < teacher < 5 and budget == pytest.approx(0.1 * teacher, abs=1e-4)
+    with pytest.raises(EdgeKDError) as again:  # resumed: the budget measured the first time
+        run_quietly(pipeline.load_plan(path), tmp_path / "runs")
+    assert found.group(0) in str(again.value)
     both = path.read_text().replace(
         "latency_budget_vs_teacher: 0.1", "latency_budget_vs_teacher: 0.1\n    latency_budget_ms: 1"
     )
