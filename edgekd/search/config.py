@@ -32,6 +32,12 @@ class SearchMeasure(Strict):
     warmup: int = Field(10, ge=0, description="Untimed runs first.")
     iterations: int = Field(100, gt=0, description="Least timed runs.")
     min_seconds: float = Field(0.5, ge=0, description="Least timed seconds.")
+    repeats: int = Field(
+        1,
+        gt=0,
+        description="Fresh processes per candidate; its latency is the median of their medians "
+        "(on a shared machine one process can be slowed by others: docs/benchmarks/search.md).",
+    )
 
 
 class TargetBudget(Strict):

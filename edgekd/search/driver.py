@@ -69,6 +69,7 @@ def measuring(
         data,
         workdir,
         cache / "latency.json",
+        repeats=cfg.measure.repeats,
     )
     return target, measured
 

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -146,18 +147,28 @@ class Measured:
         splits: Splits,
         workdir: Path,
         cache: Path,
+        repeats: int = 1,
     ) -> None:
         self.target, self.target_name = target, target_name
         self.runtime, self.precision, self.protocol = runtime, precision, protocol
         self.splits, self.workdir, self.cache = splits, workdir, cache
+        self.repeats = repeats
         self.last_parity: dict[str, Any] = {}
 
     def _cache_key(self, candidate: Student) -> str:
         from edgekd.runners.base import cpu_name
 
-        return json.dumps(
-            [candidate.key(), self.target_name, self.runtime, self.precision, cpu_name()]
-        )
+        key: list[Any] = [
+            candidate.key(),
+            self.target_name,
+            self.runtime,
+            self.precision,
+            cpu_name(),
+        ]
+        protocol = [self.protocol.warmup, self.protocol.iterations, self.protocol.min_seconds]
+        if self.repeats > 1 or protocol != [10, 100, 0.5]:  # the default keeps older keys
+            key.append([*protocol, self.repeats])
+        return json.dumps(key)
 
     def _cached(self) -> dict[str, Any]:
         return dict(read_json(self.cache)) if self.cache.exists() else {}
@@ -246,11 +257,14 @@ class Measured:
 
     def _measure(self, candidate: Student) -> dict[str, Any]:
         folder = self.workdir / "candidates"
-        row = self.run(self.export(candidate, folder))
+        path = self.export(candidate, folder)
+        rows = [self.run(path) for _ in range(self.repeats)]
         for file in folder.glob(f"{candidate.key()}_*"):
             file.unlink()  # not kept: the winner is exported again once it is trained
-        return {
-            "ms": row["median_ms"],
-            "ci95_ms": row.get("ci95_ms"),
+        medians = [r["median_ms"] for r in rows]
+        out = {
+            "ms": statistics.median(medians),
+            "ci95_ms": rows[0].get("ci95_ms") if len(rows) == 1 else None,
             "source": f"measured ({self.runtime}, {self.target_name})",
         }
+        return out | ({"repeats_ms": medians} if len(rows) > 1 else {})
