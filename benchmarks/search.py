@@ -11,8 +11,8 @@ the median of their medians, so that one slowed process on this shared machine d
 the truth the predictors are scored against. The latency table is built in between by the code
 `edgekd profile` runs (every block of the space, the per-model overhead from 4 whole students of
 its own); the roofline uses this CPU's peak figures, derived below (the target profile has
-none); FLOPs are MACs scaled by the smallest student's measurement. Each predictor is compared
-with `measured`: the share of candidates within ±10 %, Spearman's rank correlation (what a
+none); FLOPs are MACs scaled by the smallest student's reference. Each predictor is compared
+with the reference: the share of candidates within ±10 %, Spearman's rank correlation (what a
 search needs to rank candidates), and the median |error|.
 
 Part 2, budgets (`--part budgets`, after `python benchmarks/flagship.py`): the flagship student
@@ -164,7 +164,7 @@ def predictors(pipeline: Path, out: Path, count: int, seed: int, results: dict[s
     measure_all(reference, "reference")
     peak, facts = cpu_peak()
     results["peak"] = facts
-    smallest = candidates[0]
+    smallest = next(c for c in candidates if "failed" not in rows[c.key()])  # the FLOPs anchor
     roofline = Roofline(peak, first.precision, shape)
     flops = Flops(smallest, rows[smallest.key()]["reference"], shape)
     for candidate in candidates:
@@ -391,7 +391,7 @@ def render_predictors(results: dict[str, Any]) -> list[str]:
     ]
     for r in sorted(ok, key=lambda r: r["reference"]):
         lines.append(
-            f"| {r['student']} | {r['params']:,} | {r['macs']:,} | {r['measured']:.4f} | "
+            f"| {r['student']} | {r['params']:,} | {r['macs']:,} | {r['reference']:.4f} | "
             f"{r['measured']:.4f} | {r['lut']:.4f} | {r['roofline']:.5f} | "
             f"{r['flops']:.4f} |"
         )

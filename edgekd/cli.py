@@ -72,6 +72,12 @@ def _profile(args: argparse.Namespace, console: Console) -> int:
             f"{args.pipeline}: latency tables are built for mobilenetv2 spaces, not "
             f"{cfg.space.family}; its search measures each candidate instead"
         )
+    size = plan.config.data.image_size or 28
+    if cfg.space.resolution != [size]:
+        raise EdgeKDError(
+            f"{args.pipeline}: a latency table times blocks, not the resize from the data's "
+            f"{size} px to {cfg.space.resolution}; profile a space of resolution [{size}]"
+        )
     _, data = training.prepare(plan)
     work = args.workdir or Path(".edgekd-profile")
     _, measured = driver.measuring(plan, cfg, data, work, work / "cache")

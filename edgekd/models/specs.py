@@ -41,6 +41,9 @@ for _name in ("resnet18", "resnet34", "resnet50"):
     MODEL_CONFIGS.register(_name)(TorchvisionResNetConfig)
 
 
+IMAGENET_ROWS = 7  # rows of Sandler et al.'s ImageNet setting (zoo.IMAGENET_SETTING)
+
+
 @MODEL_CONFIGS.register("mobilenetv2")
 class MobileNetV2Config(Strict):
     """torchvision's MobileNetV2 blocks with a configurable stem, widths and head."""
@@ -79,7 +82,7 @@ class MobileNetV2Config(Strict):
 
     @model_validator(mode="after")
     def _per_row(self) -> MobileNetV2Config:
-        rows = len(self.blocks or [])
+        rows = len(self.blocks) if self.blocks is not None else IMAGENET_ROWS
         for name in ("se", "activation"):
             value = getattr(self, name)
             if value is not None and len(value) != rows:

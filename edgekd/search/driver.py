@@ -4,6 +4,7 @@ check and what the stage writes (architecture/architecture.json, trials.json, me
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -219,7 +220,8 @@ def _teacher_ms(ctx: StageContext, cfg: SearchConfig, data: Splits) -> tuple[flo
     _, fp32 = measuring(
         plan, cfg.model_copy(update={"precision": "fp32"}), data, ctx.dir, ctx.run_dir / "cache"
     )
-    return float(fp32.run(path)["median_ms"]), fp32.runtime
+    medians = [fp32.run(path)["median_ms"] for _ in range(cfg.measure.repeats)]
+    return float(statistics.median(medians)), fp32.runtime
 
 
 def _smallest_fits(

@@ -43,8 +43,9 @@ class Table(Record):
         missing = [b.name for b in found if b.key() not in self.blocks]
         if missing:
             raise SearchError(f"blocks {', '.join(missing)} are not in the latency table")
-        summed = sum(self.blocks[b.key()] for b in found)
-        return self.overhead_ms + summed - self.per_block_ms * len(found)
+        times = [self.blocks[b.key()] for b in found]
+        corrected = self.overhead_ms + sum(times) - self.per_block_ms * len(found)
+        return max(corrected, max(times) - self.per_block_ms)  # no faster than its slowest block
 
 
 def unique_blocks(space: MobileNetSpace, shape: tuple[int, int]) -> dict[str, Block]:
@@ -202,6 +203,8 @@ def fit_overheads(gaps: list[float], counts: list[int]) -> tuple[float, float]:
         return statistics.median(gaps), 0.0
     design = np.column_stack([np.ones(len(counts)), -np.asarray(counts, dtype=float)])
     (overhead, per_block), *_ = np.linalg.lstsq(design, np.asarray(gaps), rcond=None)
+    if per_block < 0:  # timing a block alone cannot save time: the references disagree
+        return statistics.median(gaps), 0.0
     return float(overhead), float(per_block)
 
 

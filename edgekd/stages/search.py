@@ -10,6 +10,7 @@ full. It produces `architecture`, which the student stage takes in place of its 
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from edgekd.artifacts import Artifact
@@ -32,20 +33,42 @@ class SearchStage(Stage):
             return
         for j, entry in enumerate(cfg.targets):
             self._check_one(cfg.for_target(entry), plan, ("stages", index, "targets", j))
+        loc = ("stages", index, "targets")
+        if cfg.predictor == "lut":
+            raise plan.doc.error(
+                loc, "a latency table belongs to one target; search several with measured"
+            )
         labels = [label for label, _ in self.fan_out(cfg, plan)]
         twice = sorted({x for x in labels if labels.count(x) > 1})
         if twice:
             raise plan.doc.error(
-                ("stages", index, "targets"),
-                f"targets named {', '.join(twice)} more than once: each gets its own run folder",
+                loc,
+                f"targets named {', '.join(twice)} more than once with the same runtime and "
+                "precision: each gets its own run folder",
+            )
+        taken = {s.dirname for s in plan.stages} | {"cache", ".previous"}
+        unsafe = [x for x in labels if x in taken or not re.fullmatch(r"[A-Za-z0-9][\w.-]*", x)]
+        if unsafe:
+            raise plan.doc.error(
+                loc,
+                f"target names {unsafe} cannot name a run folder: letters, digits, . _ - only, "
+                "and not a stage folder or `cache`; rename them in their profiles",
             )
 
     def fan_out(self, cfg: Any, plan: Plan) -> list[tuple[str, Any]]:
-        """One search (and everything after it) per entry of `targets:`, by target name."""
+        """One search (and everything after it) per entry of `targets:`, labelled by target
+        name, and by runtime and precision too when one target is listed more than once."""
         if cfg.targets is None:
             return []
         runs = [cfg.for_target(entry) for entry in cfg.targets]
-        return [(target_profile(plan, one).name, one) for one in runs]
+        names = [target_profile(plan, one).name for one in runs]
+        out = []
+        for name, one in zip(names, runs, strict=True):
+            if names.count(name) > 1:
+                target = target_profile(plan, one)
+                name += f"-{one.runtime or target.runtimes[0]}-{precision_for(one, target)}"
+            out.append((name, one))
+        return out
 
     def _check_one(self, cfg: Any, plan: Plan, loc: tuple[Any, ...]) -> None:
         stage_loc = loc[:2]
@@ -62,6 +85,12 @@ class SearchStage(Stage):
             raise plan.doc.error(
                 (*loc, "runtime"),
                 f"{cfg.target} lists runtimes {target.runtimes}, not {cfg.runtime}",
+            )
+        if cfg.latency_budget_vs_teacher is not None and "fp32" not in target.precisions:
+            raise plan.doc.error(
+                (*loc, "latency_budget_vs_teacher"),
+                f"the budget is a fraction of the teacher's FP32 latency, and {cfg.target} lists "
+                f"precisions {target.precisions}; give latency_budget_ms there",
             )
         try:
             bound_space(plan, cfg)

@@ -76,6 +76,8 @@ def test_the_overheads_are_fitted_from_the_reference_students():
     overhead, per_block = lut.fit_overheads(gaps, counts)
     assert overhead == pytest.approx(0.03) and per_block == pytest.approx(0.004)
     assert lut.fit_overheads([0.01, 0.03], [5, 5]) == (pytest.approx(0.02), 0.0)
+    # references that say a lone block is faster than in the model: no per-block cost
+    assert lut.fit_overheads([0.01, 0.05, 0.09], [4, 6, 8]) == (pytest.approx(0.05), 0.0)
 
 
 def test_a_profile_serves_its_own_device_and_refuses_another(tmp_path):

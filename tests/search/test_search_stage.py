@@ -283,3 +283,35 @@ def test_two_entries_of_one_target_are_refused_with_the_line(tmp_path):
     )
     with pytest.raises(ConfigError, match=r"drop the stage's own `target:`"):
         pipeline.load_plan(path)
+
+
+def test_one_target_twice_is_labelled_by_precision_and_bad_combinations_are_refused(tmp_path):
+    path = search_yaml(tmp_path, "p", trials=2)
+    entries = (
+        "      - {target: targets/cpu-x86.yaml, latency_budget_ms: 50, precision: int8}\n"
+        "      - {target: targets/cpu-x86.yaml, latency_budget_ms: 50, precision: fp32}\n"
+    )
+    text = (
+        path.read_text()
+        .replace("    target: targets/cpu-x86.yaml\n", f"    targets:\n{entries}")
+        .replace("    latency_budget_ms: 50.0\n", "")
+    )
+    path.write_text(text)
+    labels = [label for label, _ in pipeline.load_plan(path).variants]
+    assert labels == ["cpu-x86-onnxruntime-int8", "cpu-x86-onnxruntime-fp32"]
+    path.write_text(
+        text.replace(
+            "precision: fp32}\n", "precision: fp32}\n    predictor: lut\n    lut: x.json\n"
+        )
+    )
+    with pytest.raises(ConfigError, match=r"a latency table belongs to one target"):
+        pipeline.load_plan(path)
+    jetson = text.replace(
+        "{target: targets/cpu-x86.yaml, latency_budget_ms: 50, precision: fp32}",
+        "{target: targets/jetson-orin-nano.yaml, latency_budget_vs_teacher: 0.5, precision: int8}",
+    ).replace("    runtime: onnxruntime\n", "")
+    path.write_text(jetson)
+    with pytest.raises(
+        ConfigError, match=r"targets\[1\].latency_budget_vs_teacher: the budget is a"
+    ):
+        pipeline.load_plan(path)

@@ -101,6 +101,14 @@ def test_a_latency_table_cannot_search_the_resolution(write_yaml):
         pipeline.load_plan(write_yaml(text))
 
 
+def test_mobilenetv3_settings_of_the_imagenet_rows_need_seven_entries():
+    from edgekd.models.specs import MobileNetV2Config
+
+    assert MobileNetV2Config(se=[False] * 6 + [True]).se[-1]
+    with pytest.raises(ValueError, match=r"one entry per row of blocks \(7\)"):
+        MobileNetV2Config(se=[True])
+
+
 def test_mobilenetv3_choices_are_per_stage_settings_and_plain_students_keep_their_model():
     assert V3.size == 2**3 * 2 * 4**3  # kernel per stage, stage 1 depth, se × activation per stage
     assert "se" not in next(SMALL.sample(1)).model()  # keys of plain students do not change
