@@ -276,7 +276,8 @@ def test_two_entries_of_one_target_are_refused_with_the_line(tmp_path):
         .replace("    target: targets/cpu-x86.yaml\n", f"    targets:\n{entry}{entry}")
         .replace("    latency_budget_ms: 50.0\n", "")
     )
-    with pytest.raises(ConfigError, match=r"stages\[1\].targets: targets named cpu-x86 more"):
+    twice = r"stages\[1\].targets: targets named cpu-x86-onnxruntime-fp32 more than once"
+    with pytest.raises(ConfigError, match=twice):
         pipeline.load_plan(path)
     path.write_text(
         path.read_text().replace("    targets:\n", "    target: x.yaml\n    targets:\n")
