@@ -316,3 +316,44 @@ def test_one_target_twice_is_labelled_by_precision_and_bad_combinations_are_refu
         ConfigError, match=r"targets\[1\].latency_budget_vs_teacher: the budget is a"
     ):
         pipeline.load_plan(path)
+
+
+def test_a_board_that_cannot_be_reached_is_searched_on_the_roofline_beside_a_measured_target(
+    tmp_path,
+):
+    # The shipped Orin Nano profile has no `connection.host`: the board cannot be reached, so its
+    # search predicts latency from the profile's `peak:` figures, says so, and its pre-flight
+    # exports the winner without running it; the CPU target beside it is measured as usual.
+    def no_row(target: str, runtime: str) -> None:
+        return None
+
+    path = search_yaml(tmp_path, "r", trials=2)
+    path.write_text(
+        path.read_text()
+        .replace(
+            "    target: targets/cpu-x86.yaml\n    runtime: onnxruntime\n    precision: fp32\n",
+            "    targets:\n"
+            "      - {target: targets/cpu-x86.yaml, runtime: onnxruntime, precision: fp32,"
+            " latency_budget_ms: 50}\n"
+            "      - {target: targets/jetson-orin-nano.yaml, latency_budget_ms: 5}\n",
+        )
+        .replace("    latency_budget_ms: 50.0\n", "")
+    )
+    out = tmp_path / "runs"
+    result = pipeline.run(pipeline.load_plan(path), out=out, console=Console(file=io.StringIO()))
+    run = out / "r"
+    assert set(result["variants"]) == {"cpu-x86", "jetson-orin-nano"}
+    assert all(t["latency_source"].startswith("measured") for t in trials_of(run / "cpu-x86"))
+    board = trials_of(run / "jetson-orin-nano")
+    assert len(board) == 2 and all(t["latency_source"] == "predicted (roofline)" for t in board)
+    search = read_json(run / "jetson-orin-nano" / "01_search" / "manifest.json")["metrics"]
+    search = search["search"]
+    assert search["predictor"] == "roofline" and search["precision"] == "int8"
+    assert any("cannot be measured now" in n and "host" in n for n in search["notes"])
+    assert "not run:" in search["chosen"]["preflight"]
+    assert search["chosen"]["latency_ms"] <= 5
+    found = report_search.section(run / "jetson-orin-nano", [("search", "01_search")], no_row)
+    text = report_search.lines(found)  # the warning reaches the report
+    assert any(line.startswith("- note:") and "cannot be measured now" in line for line in text)
+    for label in ("cpu-x86", "jetson-orin-nano"):
+        assert (run / label / "02_student" / "student" / "model.json").exists()
