@@ -15,9 +15,8 @@ source scripts/setup.sh
 here=$PWD
 head=$(git rev-parse --short HEAD)
 clone=${EDGEKD_BENCH_DIR:-$here/../edgekd-bench-$head}
-if [ ! -d "$clone/.git" ]; then
-  git clone -q "$here" "$clone"
-fi
+[ -d "$clone/.git" ] || git clone -q "$here" "$clone"
+git -C "$clone" fetch -q "$here" HEAD  # a reused clone may predate this commit
 git -C "$clone" checkout -q "$head"
 ln -sfn "$here/.venv" "$clone/.venv"
 cd "$clone"
