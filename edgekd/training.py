@@ -3,6 +3,8 @@ teachers, evaluation, saving, and the resumable training call."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -156,10 +158,14 @@ def onnx_logits_fn(path: Path) -> LogitsFn:
     return lambda images: torch.from_numpy(run(images.float().cpu().numpy()))
 
 
-def onnx_predict(path: Path, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Logits of normalised `images` from an ONNX model, in batches."""
+def onnx_predict(
+    path: Path, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 256
+) -> torch.Tensor:
+    """Logits of normalised `images` (a tensor, or its batches in order) from an ONNX model."""
     run = onnx_logits_fn(path)
-    return torch.cat([run(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+    if isinstance(images, torch.Tensor):
+        images = images.split(batch_size)
+    return torch.cat([run(b) for b in images])
 
 
 def _extra_teacher(
@@ -211,17 +217,17 @@ def teachers(
         cached = None
         if (
             cfg.cache_teacher_logits
-            and plan.config.data.augment.crop_pad == 0
+            and not plan.config.data.augment.live_teacher
             and not reads_features
         ):
-            tag = sha256_json([digest, *data_key, [list(own.mean), list(own.std)]])[:16]
-            path = ctx.run_dir / "cache" / f"teacher{i}-logits-{tag}.safetensors"
+            key = sha256_json([digest, *data_key, [list(own.mean), list(own.std)]])
+            path = ctx.run_dir / "cache" / f"teacher{i}-logits-{key[:16]}.npy"
             if not path.exists():
                 ctx.log(
                     f"caching teacher {i}'s logits for {len(train)} images and their mirror images"
                 )
             cached = cache_logits(
-                t_model if t_model is not None else t_fn, train, own, device, path
+                t_model if t_model is not None else t_fn, train, own, device, path, key
             )
         inputs = renormalizer(splits, own)
         out.append(Teacher(t_model, device, cached, t_fn, name=f"teacher {i}", inputs=inputs))
@@ -235,7 +241,8 @@ def teachers(
 
 
 def training_set(plan: Plan, splits: Splits) -> ImageSet:
-    """The training split, plus the unlabeled images of `distill.unlabeled` (label -1)."""
+    """The training split, plus the unlabeled images of `distill.unlabeled` (label -1): kept
+    on disk when the training split is streamed, decoded into memory when it is not."""
     cfg = plan.config.distill.unlabeled
     if cfg is None:
         return splits.train
@@ -245,17 +252,22 @@ def training_set(plan: Plan, splits: Splits) -> ImageSet:
                 ("distill", "unlabeled", "source"),
                 "train_rest needs data.train_subset smaller than the training split",
             )
-        images = splits.rest.images
+        extra = splits.rest
+        if cfg.limit is not None:
+            extra = extra.subset(torch.arange(min(cfg.limit, len(extra))))
+        images = extra.images
     else:
-        from edgekd.data.imagefolder import load_unlabeled
+        from edgekd.data.imagefolder import Decode, unlabeled_files
+        from edgekd.data.stream import FileImages
 
+        data = plan.config.data
         c, h, _ = splits.input_shape
-        images = torch.from_numpy(load_unlabeled(plan.resolve(cfg.source), h, c == 1, cfg.limit))
-    images = images[: cfg.limit]
+        decode = Decode(h, c == 1, data.resize, data.crop_fraction)
+        files = FileImages(unlabeled_files(plan.resolve(cfg.source), cfg.limit), decode)
+        own = splits.train.images
+        images = replace(files, workers=own.workers) if isinstance(own, FileImages) else files[:]
     labels = torch.full((len(images),), -1, dtype=splits.train.labels.dtype)
-    return ImageSet(
-        torch.cat([splits.train.images, images]), torch.cat([splits.train.labels, labels])
-    )
+    return splits.train.concat(ImageSet(images, labels))
 
 
 def calibration_set(plan: Plan, value: str, splits: Splits) -> tuple[CalibrationConfig, ImageSet]:

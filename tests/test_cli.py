@@ -26,13 +26,19 @@ def test_config_error_exits_2_with_file_line(tmp_path, capsys):
     assert f"error: {bad}:4: stages[0].modle: unknown key" in err
 
 
-def test_help_lists_commands():
+def test_help_lists_commands_through_python_dash_m_edgekd():
+    # `python -m edgekd` is what `torchrun -m edgekd run PIPELINE` starts on every rank.
+    for module in ("edgekd", "edgekd.cli"):
+        proc = subprocess.run(
+            [sys.executable, "-m", module, "--help"], capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stderr
+        for command in ("run", "validate"):
+            assert command in proc.stdout
     proc = subprocess.run(
-        [sys.executable, "-m", "edgekd.cli", "--help"], capture_output=True, text=True
+        [sys.executable, "-m", "edgekd", "validate", "no-such.yaml"], capture_output=True, text=True
     )
-    assert proc.returncode == 0
-    for command in ("run", "validate"):
-        assert command in proc.stdout
+    assert proc.returncode == 2 and "no-such.yaml" in proc.stderr
 
 
 def test_targets_lists_every_profile_and_why_it_is_not_reachable(capsys):

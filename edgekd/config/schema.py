@@ -6,7 +6,15 @@ import copy
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from edgekd.config.loader import Loc
 
@@ -84,6 +92,29 @@ class AugmentConfig(Strict):
         description="Random crop after zero-padding by this many pixels; "
         "0 disables it. Forces a live teacher when > 0.",
     )
+    random_resized_crop: tuple[float, float] | None = Field(
+        None,
+        description="Inception-style random resized crop: [min, max] share of the image's "
+        "area (ImageNet training uses [0.08, 1.0]; aspect 3/4 to 4/3), then resized to "
+        "data.image_size. Streamed data crops the full-size file, in-memory data its "
+        "stored image. Forces a live teacher.",
+    )
+
+    @model_validator(mode="after")
+    def _crop_range(self) -> AugmentConfig:
+        if self.random_resized_crop is not None:
+            low, high = self.random_resized_crop
+            if not 0 < low <= high <= 1:
+                raise ValueError(
+                    f"random_resized_crop [{low}, {high}]: need 0 < min <= max <= 1 "
+                    "(shares of the image's area)"
+                )
+        return self
+
+    @property
+    def live_teacher(self) -> bool:
+        """Whether each augmented image is new (so no cached teacher output fits it)."""
+        return self.crop_pad > 0 or self.random_resized_crop is not None
 
 
 class DataConfig(Strict):
@@ -128,6 +159,40 @@ class DataConfig(Strict):
     augment: AugmentConfig = Field(
         default_factory=AugmentConfig, description="Training-time augmentation of the student."
     )
+    resize: Literal["squash", "center_crop"] = Field(
+        "squash",
+        description="ImageFolder: how a file becomes image_size × image_size. squash resizes "
+        "the whole image (aspect ratio not kept); center_crop resizes its shorter side to "
+        "image_size / crop_fraction and cuts the centre (ImageNet's evaluation transform).",
+    )
+    crop_fraction: float = Field(
+        0.875, gt=0, le=1, description="center_crop: image_size over the resized shorter side."
+    )
+    storage: Literal["auto", "memory", "stream"] = Field(
+        "auto",
+        description="ImageFolder: hold the decoded images in memory, or read them from disk "
+        "batch by batch through DataLoader workers (stream). auto streams when the decoded "
+        "splits would exceed memory_limit_mb. Fashion-MNIST is always in memory.",
+    )
+    memory_limit_mb: int = Field(
+        2048, gt=0, description="storage auto: the decoded size above which data is streamed."
+    )
+    workers: int | None = Field(
+        None,
+        ge=0,
+        description="Streamed data: DataLoader worker processes decoding images (null: one per "
+        "CPU core, at most 8; 0 decodes in the training process).",
+    )
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, value: str, info: ValidationInfo) -> str:
+        if value == "stream" and info.data.get("dataset") == "fashion-mnist":
+            raise ValueError(
+                "stream reads an ImageFolder from disk; Fashion-MNIST (47 MB) is always held "
+                "in memory. Remove storage or set dataset: imagefolder"
+            )
+        return value
 
 
 class LossTerm(Strict):

@@ -12,20 +12,39 @@ from pathlib import Path
 import torch
 
 from edgekd.config.schema import AugmentConfig, DataConfig
+from edgekd.data import augment as aug
 from edgekd.data import fashion_mnist, imagefolder
+from edgekd.data.stream import FileImages, default_workers, loader
 from edgekd.errors import DataNotFoundError
+
+STATS_IMAGES = 10_000  # an ImageFolder's mean and std come from at most this many images
 
 
 @dataclass(frozen=True)
 class ImageSet:
-    images: torch.Tensor  # N×C×H×W uint8
+    images: torch.Tensor | FileImages  # N×C×H×W uint8, in memory or read from disk
     labels: torch.Tensor  # N int64
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.images, FileImages)
+
     def subset(self, index: torch.Tensor) -> ImageSet:
+        if isinstance(self.images, FileImages):
+            return ImageSet(self.images.select(index), self.labels[index])
         return ImageSet(self.images[index], self.labels[index])
+
+    def concat(self, other: ImageSet) -> ImageSet:
+        if isinstance(self.images, FileImages) and isinstance(other.images, FileImages):
+            return ImageSet(self.images + other.images, torch.cat([self.labels, other.labels]))
+        if isinstance(self.images, FileImages) or isinstance(other.images, FileImages):
+            raise TypeError("cannot join images held in memory with images read from disk")
+        return ImageSet(
+            torch.cat([self.images, other.images]), torch.cat([self.labels, other.labels])
+        )
 
 
 @dataclass(frozen=True)
@@ -106,17 +125,8 @@ def _load_splits(cfg_json: str, seed: int, root: str | None) -> Splits:
                 "data.root must point at the ImageFolder tree "
                 "(root/train/<class>/..., root/val/<class>/...)"
             )
-        base, size = Path(root).expanduser(), cfg.image_size or 64
-        tx, ty, classes = imagefolder.load(base, "train", size, cfg.grayscale)
-        vx, vy, _ = imagefolder.load(base, "val", size, cfg.grayscale, classes)
-        train = ImageSet(torch.from_numpy(tx), torch.from_numpy(ty))
-        val = ImageSet(torch.from_numpy(vx), torch.from_numpy(vy))
-        if (base / "test").is_dir():
-            sx, sy, _ = imagefolder.load(base, "test", size, cfg.grayscale, classes)
-            test = ImageSet(torch.from_numpy(sx), torch.from_numpy(sy))
-        else:
-            test = val
-        source = str(base)
+        train, val, test, classes = _imagefolder(cfg, Path(root).expanduser())
+        source = str(Path(root).expanduser())
     rest = None
     if cfg.train_subset is not None and cfg.train_subset < len(train):
         order = torch.randperm(len(train), generator=gen)
@@ -127,10 +137,66 @@ def _load_splits(cfg_json: str, seed: int, root: str | None) -> Splits:
     if cfg.test_subset is not None and cfg.test_subset < len(test):
         test = test.subset(torch.randperm(len(test), generator=gen)[: cfg.test_subset])
     # The training split's statistics: the default normalisation of a model trained here.
-    pixels = train.images.float().div_(255).transpose(0, 1).reshape(train.images.shape[1], -1)
-    mean = [round(float(v), 4) for v in pixels.mean(1)]
-    std = [round(float(v), 4) for v in pixels.std(1)]
+    if cfg.dataset == "fashion-mnist":
+        assert isinstance(train.images, torch.Tensor)
+        channels = train.images.shape[1]
+        pixels = train.images.float().div_(255).transpose(0, 1).reshape(channels, -1)
+        mean = [round(float(v), 4) for v in pixels.mean(1)]
+        std = [round(float(v), 4) for v in pixels.std(1)]
+    else:
+        mean, std = pixel_statistics(sample(train, STATS_IMAGES, seed))
     return Splits(train, val, test, list(classes), tuple(mean), tuple(std), source, rest)
+
+
+def _imagefolder(cfg: DataConfig, base: Path) -> tuple[ImageSet, ImageSet, ImageSet, list[str]]:
+    """The train, val and test (root/test, else val) splits of an ImageFolder tree, in memory
+    or left on disk as `data.storage` says."""
+    decode = imagefolder.Decode(cfg.image_size or 64, cfg.grayscale, cfg.resize, cfg.crop_fraction)
+    listed = {}
+    tf, ty, classes = imagefolder.listing(base, "train")
+    listed["train"] = (tf, ty)
+    listed["val"] = imagefolder.listing(base, "val", classes)[:2]
+    if (base / "test").is_dir():
+        listed["test"] = imagefolder.listing(base, "test", classes)[:2]
+    count = sum(len(files) for files, _ in listed.values())
+    decoded_mb = count * decode.channels * decode.size**2 / 2**20
+    stream = cfg.storage == "stream" or (cfg.storage == "auto" and decoded_mb > cfg.memory_limit_mb)
+    workers = default_workers() if cfg.workers is None else cfg.workers
+    sets = {}
+    for split, (files, labels) in listed.items():
+        images = FileImages(tuple(str(f) for f in files), decode, workers)
+        sets[split] = ImageSet(images if stream else images[:], torch.from_numpy(labels))
+    return sets["train"], sets["val"], sets.get("test", sets["val"]), classes
+
+
+def pixel_statistics(data: ImageSet) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of `data`'s pixels scaled to [0, 1], rounded to 4 decimals;
+    read batch by batch (float64 sums), so streamed data is never held whole."""
+    total = squares = None
+    count = 0
+    for images in _raw_batches(data, 512):
+        flat = images.transpose(0, 1).reshape(images.shape[1], -1).double().div_(255)
+        total = flat.sum(1) + (0 if total is None else total)
+        squares = (flat * flat).sum(1) + (0 if squares is None else squares)
+        count += flat.shape[1]
+    assert total is not None and squares is not None
+    mean = total / count
+    std = ((squares - count * mean * mean) / max(count - 1, 1)).clamp_min(0).sqrt()
+    return [round(float(v), 4) for v in mean], [round(float(v), 4) for v in std]
+
+
+def _raw_batches(data: ImageSet, batch_size: int) -> Iterator[torch.Tensor]:
+    """`data`'s uint8 images in order, batch by batch."""
+    if isinstance(data.images, FileImages):
+        plan = [
+            (index, aug.draw(len(index), None, None))
+            for index in torch.arange(len(data)).split(batch_size)
+        ]
+        for images, _, _ in loader(data.images, plan, None):
+            yield images
+    else:
+        for start in range(0, len(data), batch_size):
+            yield data.images[start : start + batch_size]
 
 
 def normalize(images: torch.Tensor, splits: Splits) -> torch.Tensor:
@@ -175,32 +241,30 @@ def batches(
     generator: torch.Generator | None = None,
     limit: int | None = None,
 ) -> Iterator[Batch]:
-    """Normalised batches; with `augment`, random flips (recorded per image) and crops."""
+    """Normalised batches; with `augment`, random flips (recorded per image) and crops. Data
+    read from disk is decoded by DataLoader workers; the batches are the same either way."""
     n = len(data)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     if limit is not None:
         order = order[:limit]
+    if isinstance(data.images, FileImages):
+        plan = [
+            (index, aug.draw(len(index), augment, generator)) for index in order.split(batch_size)
+        ]
+        for images, index, flipped in loader(data.images, plan, augment):
+            yield Batch(normalize(images, splits), data.labels[index], index, flipped)
+        return
+    size = data.images.shape[-1]
     for start in range(0, len(order), batch_size):
         index = order[start : start + batch_size]
-        images = data.images[index]
-        flipped = torch.zeros(len(index), dtype=torch.bool)
-        if augment is not None and augment.hflip:
-            flipped = torch.rand(len(index), generator=generator) < 0.5
-            images = torch.where(flipped.view(-1, 1, 1, 1), images.flip(3), images)
-        if augment is not None and augment.crop_pad > 0:
-            images = _random_crop(images, augment.crop_pad, generator)
-        yield Batch(normalize(images, splits), data.labels[index], index, flipped)
+        draws = aug.draw(len(index), augment, generator)
+        images = aug.apply(data.images[index], draws, augment, size)
+        yield Batch(normalize(images, splits), data.labels[index], index, draws.flipped)
 
 
-def _random_crop(images: torch.Tensor, pad: int, generator: torch.Generator | None) -> torch.Tensor:
-    """Zero-pad by `pad` and cut a random h×w window per image."""
-    n, c, h, w = images.shape
-    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator)
-    rows = (dy + torch.arange(h)).view(n, 1, h, 1).expand(n, c, h, w + 2 * pad)
-    cols = (dx + torch.arange(w)).view(n, 1, 1, w).expand(n, c, h, w)
-    return padded.gather(2, rows).gather(3, cols)
+def normalized_batches(data: ImageSet, splits: Splits, batch_size: int) -> Iterator[torch.Tensor]:
+    """`data`'s images normalised, in order, batch by batch (never the whole split at once)."""
+    return (batch.images for batch in batches(data, splits, batch_size))
 
 
 def sample(data: ImageSet, size: int, seed: int) -> ImageSet:

@@ -3,17 +3,19 @@ training image and mirror image) or an ONNX file run through onnxruntime (logits
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from edgekd.artifacts import atomic_path
-from edgekd.data.datasets import Batch, ImageSet, Splits, model_to_device, normalize, to_device
+from edgekd.artifacts import atomic_path, read_json, write_json
+from edgekd.data.datasets import Batch, ImageSet, Splits, batches, model_to_device, to_device
 from edgekd.distill.hooks import capture
 from edgekd.distill.terms import Outputs
+from edgekd.errors import EdgeKDError
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -82,23 +84,48 @@ def cache_logits(
     splits: Splits,
     device: torch.device,
     path: Path,
+    key: str,
     batch_size: int = 256,
 ) -> torch.Tensor:
-    """Logits of every image of `data` and of its mirror image, computed once and stored at
-    `path` (safetensors; reused while the teacher and data are unchanged). `model` is a
-    PyTorch module or a function from normalised images to logits; `splits` carries the
-    teacher's own normalisation."""
+    """Logits of every image of `data` and of its mirror image (N×2×classes float32), computed
+    once and kept on disk at `path` (.npy) as a memory-mapped array: only the rows a batch
+    reads are paged in, so the cache of a million images costs no memory. `key` names the
+    teacher and data they belong to; it is stored beside them (`path`.json) and a cache with
+    another key or size is refused. Written to a temporary file and renamed when complete, so
+    a killed run leaves no partial cache. `model` is a PyTorch module or a function from
+    normalised images to logits; `splits` carries the teacher's own normalisation."""
+    label = path.with_suffix(".json")
     if path.exists():
-        return load_file(str(path))["logits"]
+        return _open_cache(path, label, key, len(data))
     assert model is not None, f"no cached logits at {path} and no teacher to compute them"
+    for stale in path.parent.glob(f".{path.name}.*"):  # a killed run's temporary file
+        shutil.rmtree(stale, ignore_errors=True)
     run = torch_logits(model, device) if isinstance(model, nn.Module) else model
-    out = []
-    for start in range(0, len(data), batch_size):
-        images = data.images[start : start + batch_size]
-        both = torch.cat([images, images.flip(3)])
-        logits = run(normalize(both, splits)).cpu()
-        out.append(torch.stack(logits.chunk(2), dim=1))
-    logits = torch.cat(out)
     with atomic_path(path) as tmp:
-        save_file({"logits": logits.contiguous()}, str(tmp))
-    return logits
+        array: np.ndarray | None = None
+        start = 0
+        for batch in batches(data, splits, batch_size):
+            both = torch.cat([batch.images, batch.images.flip(3)])  # normalising commutes
+            logits = torch.stack(run(both).float().cpu().chunk(2), dim=1).numpy()
+            if array is None:
+                shape = (len(data), 2, logits.shape[-1])
+                array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+            array[start : start + len(logits)] = logits
+            start += len(logits)
+        assert array is not None, "no images to cache logits for"
+        array.flush()
+        del array
+        write_json(label, {"key": key, "images": len(data), "teacher": str(path.name)})
+    return _open_cache(path, label, key, len(data))
+
+
+def _open_cache(path: Path, label: Path, key: str, images: int) -> torch.Tensor:
+    made = read_json(label) if label.is_file() else {}
+    if made.get("key") != key or made.get("images") != images:
+        raise EdgeKDError(
+            f"{path}: these cached teacher logits were made for other data or another teacher "
+            f"(key {made.get('key', 'missing')}, {made.get('images', '?')} images; this run "
+            f"needs key {key}, {images} images). Delete {path} and {label} to recompute them"
+        )
+    # Copy-on-write: torch wants a writable array; nothing is ever written back to the file.
+    return torch.from_numpy(np.load(path, mmap_mode="c"))

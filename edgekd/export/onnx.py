@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -53,17 +54,17 @@ def store_int8_weights(path: Path) -> None:
         onnx.checker.check_model(str(tmp), full_check=True)
 
 
-def onnx_logits(path: Path, images: torch.Tensor, batch_size: int = 500) -> np.ndarray:
-    """Logits of `images` from onnxruntime's CPU provider."""
+def onnx_logits(
+    path: Path, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 500
+) -> np.ndarray:
+    """Logits of `images` (a tensor, or its batches one after another) from onnxruntime's CPU
+    provider."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return np.concatenate(
-        [
-            session.run([OUTPUT], {INPUT: images[i : i + batch_size].numpy()})[0]
-            for i in range(0, len(images), batch_size)
-        ]
-    )
+    if isinstance(images, torch.Tensor):
+        images = images.split(batch_size)
+    return np.concatenate([session.run([OUTPUT], {INPUT: b.numpy()})[0] for b in images])
 
 
 def torch_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> np.ndarray:

@@ -70,7 +70,7 @@ class ExportStage(Stage):
         import torch
 
         from edgekd import training
-        from edgekd.data.datasets import normalize
+        from edgekd.data.datasets import normalize, normalized_batches
         from edgekd.export.onnx import (
             export_onnx,
             onnx_logits,
@@ -95,7 +95,7 @@ class ExportStage(Stage):
             folder = ctx.input_path(role.artifact)
             meta = read_json(folder / "model.json")
             splits = training.for_model(data, meta)  # each model sees its own normalisation
-            test_images = normalize(splits.test.images, splits)
+            test_images = normalized_batches(splits.test, splits, 500)
             if meta.get("format") == "onnx":
                 index.append(self._copy_onnx(ctx, role, folder, out, test_images, splits))
                 continue
@@ -106,7 +106,7 @@ class ExportStage(Stage):
             if precision == "int8":
                 model = nncf_qat.strip(model, example)
             path = out / f"{role}_{precision}.onnx"
-            check_images = test_images[: cfg.parity_images]
+            check_images = normalize(splits.test.images[: cfg.parity_images], splits)
             expected = torch_logits(model, check_images)
             portable = None
             if precision == "int8":

@@ -178,7 +178,7 @@ class TeacherStage(Stage):
 
         from edgekd import training
         from edgekd.artifacts import atomic_path
-        from edgekd.data.datasets import normalize
+        from edgekd.data.datasets import normalized_batches
         from edgekd.models.io import file_bytes
 
         assert cfg.onnx is not None
@@ -202,7 +202,7 @@ class TeacherStage(Stage):
             shutil.copyfile(source, tmp / "model.onnx")
             (tmp / "model.json").write_text(json.dumps(meta, indent=2))
         logits = training.onnx_predict(
-            directory / "model.onnx", normalize(splits.test.images, splits)
+            directory / "model.onnx", normalized_batches(splits.test, splits, 256)
         )
         if logits.ndim != 2 or logits.shape[1] != len(splits.classes):
             raise EdgeKDError(

@@ -8,7 +8,8 @@ import torch
 
 from edgekd.config.schema import AugmentConfig, DataConfig
 from edgekd.data import imagefolder
-from edgekd.data.datasets import _random_crop, batches, load_splits, normalize
+from edgekd.data.augment import draw, pad_crop
+from edgekd.data.datasets import batches, load_splits, normalize
 from edgekd.errors import DataNotFoundError
 
 
@@ -45,7 +46,9 @@ def test_flips_are_recorded_per_image(splits):
 
 def test_random_crop_is_a_shifted_window():
     images = torch.arange(1, 1 + 2 * 5 * 5, dtype=torch.uint8).view(2, 1, 5, 5)
-    out = _random_crop(images, 2, torch.Generator().manual_seed(3))
+    draws = draw(2, AugmentConfig(hflip=False, crop_pad=2), torch.Generator().manual_seed(3))
+    assert draws.dy is not None and draws.dx is not None
+    out = pad_crop(images, 2, draws.dy, draws.dx)
     assert out.shape == images.shape
     for original, cropped in zip(images, out, strict=True):
         padded = torch.nn.functional.pad(original, (2, 2, 2, 2))
@@ -72,4 +75,4 @@ def test_imagefolder_loads_and_checks_classes(tmp_path):
     assert int(splits.train.images[4, 0, 0, 0]) == 41
     (tmp_path / "val" / "bird").mkdir()
     with pytest.raises(DataNotFoundError, match="same class folders"):
-        imagefolder.load(tmp_path, "val", 8, False, ["cat", "dog"])
+        imagefolder.listing(tmp_path, "val", ["cat", "dog"])
