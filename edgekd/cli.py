@@ -13,10 +13,18 @@ from edgekd.errors import EdgeKDError
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:
-    from edgekd import pipeline
+    from edgekd import distributed, pipeline
 
     plan = pipeline.load_plan(args.pipeline)
-    result = pipeline.run(plan, out=args.out, from_stage=args.from_stage, console=console)
+    if distributed.world() > 1:  # started by torchrun: one process of several
+        distributed.init(plan.config.device)
+        if not distributed.is_main():
+            console = Console(quiet=True)  # rank 0 speaks for all
+        console.print(f"training on {distributed.world()} processes (torchrun, DDP)")
+    try:
+        result = pipeline.run(plan, out=args.out, from_stage=args.from_stage, console=console)
+    finally:
+        distributed.close()
     console.print(f"run folder: {result['run_dir']}")
     for label, variant in result.get("variants", {}).items():
         console.print(f"  on {label}: {variant['run_dir']}", highlight=False)

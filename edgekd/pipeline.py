@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from edgekd import __version__
+from edgekd import __version__, distributed
 from edgekd.artifacts import (
     MANIFEST,
     Artifact,
@@ -220,7 +220,9 @@ def run(
     runs/<name>/<label>/, where the shared stages' folders and the cache are links."""
     console = console or Console()
     run_dir = (out or Path("runs")) / plan.config.name
-    claim_run_dir(plan, run_dir)
+    if distributed.is_main():  # under torchrun, rank 0 alone writes; the others wait
+        claim_run_dir(plan, run_dir)
+    distributed.barrier()
     if from_stage is not None and from_stage not in [s.name for s in plan.stages]:
         raise EdgeKDError(
             f"--from {from_stage}: no such stage in {plan.path} "
@@ -235,13 +237,14 @@ def run(
     variants = {}
     for label, variant in plan.variants:
         folder = run_dir / label
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in [s.dirname for s in shared] + ["cache"]:
+        for name in [s.dirname for s in shared] + ["cache"] if distributed.is_main() else []:
+            folder.mkdir(parents=True, exist_ok=True)
             link = folder / name
             if not link.is_symlink():
                 (run_dir / name).mkdir(exist_ok=True)
                 shutil.rmtree(link, ignore_errors=True)
                 link.symlink_to(Path("..") / name, target_is_directory=True)
+        distributed.barrier()
         console.rule(f"[bold]{plan.config.name} on {label}[/bold] ({folder})")
         rest = variant.stages[plan.fan_index :]
         artifacts = dict(before.artifacts)
@@ -284,6 +287,9 @@ def _run_stages(
         inputs |= {name: artifacts[name] for name in spec.stage.optional if name in artifacts}
         parts = key_parts(plan, spec, inputs)
         key = sha256_json(parts)
+        if not distributed.is_main():  # rank 0 decides, runs and records; see _follow
+            summary.append(_follow(plan, spec, run_dir, inputs, key, console, artifacts))
+            continue
         manifest = read_manifest(stage_dir)
         done = manifest is not None and manifest.get("status") == "done"
         if (
@@ -296,15 +302,16 @@ def _run_stages(
             outputs = {n: Artifact.from_json(a) for n, a in manifest["outputs"].items()}
             console.print(f"[bold]{spec.dirname}[/bold] unchanged, reusing {stage_dir}")
             artifacts.update(outputs)
-            summary.append(
-                {
-                    "stage": spec.name,
-                    "status": "cached",
-                    "wall_s": manifest["wall_s"],
-                    "metrics": manifest["metrics"],
-                }
-            )
+            row = {
+                "stage": spec.name,
+                "status": "cached",
+                "wall_s": manifest["wall_s"],
+                "metrics": manifest["metrics"],
+            }
+            distributed.broadcast(("cached", outputs, row))
+            summary.append(row)
             continue
+        distributed.broadcast(("run", None, None))
         if manifest is not None and (manifest.get("key") != key or done):
             kept = run_dir / ".previous" / f"{spec.dirname}-{manifest.get('key', 'x')[:12]}"
             shutil.rmtree(kept, ignore_errors=True)
@@ -345,10 +352,44 @@ def _run_stages(
         )
         write_json(stage_dir / MANIFEST, record)
         artifacts.update(outputs)
-        summary.append(
-            {"stage": spec.name, "status": "ran", "wall_s": round(wall, 2), "metrics": ctx.metrics}
-        )
+        row = {
+            "stage": spec.name,
+            "status": "ran",
+            "wall_s": round(wall, 2),
+            "metrics": ctx.metrics,
+        }
+        distributed.broadcast((outputs, row))
+        summary.append(row)
     return _Ran(summary, artifacts, forced)
+
+
+def _follow(
+    plan: Plan,
+    spec: StageSpec,
+    run_dir: Path,
+    inputs: dict[str, Artifact],
+    key: str,
+    console: Console,
+    artifacts: dict[str, Artifact],
+) -> dict[str, Any]:
+    """A stage on a rank other than 0 under torchrun: take rank 0's decision (reuse or run);
+    run the stage too when it trains (`Stage.distributed`: the ranks train it together),
+    with a private folder of this rank's for whatever it writes, discarded, since the
+    stage's outputs are rank 0's; then take rank 0's outputs and summary row."""
+    decision, outputs, row = distributed.broadcast(None)
+    if decision == "cached":
+        artifacts.update(outputs)
+        return row
+    if spec.stage.distributed:
+        scratch = run_dir / ".ranks" / f"rank{distributed.rank()}" / spec.dirname
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+        ctx = StageContext(plan, spec.index, scratch, run_dir, inputs, key, console)
+        spec.stage.run(ctx, spec.cfg)
+        shutil.rmtree(scratch, ignore_errors=True)
+    outputs, row = distributed.broadcast(None)
+    artifacts.update(outputs)
+    return row
 
 
 def print_summary(

@@ -42,6 +42,9 @@ class Stage:
     quantizes: ClassVar[bool] = False
     # False for stages that only summarise others and are cheap: they always run.
     cacheable: ClassVar[bool] = True
+    # True for stages that train: under torchrun every rank runs them, training together in
+    # DDP; the others run on rank 0 alone while the rest wait (edgekd/distributed.py).
+    distributed: ClassVar[bool] = False
 
     def check(self, cfg: Any, plan: Plan, index: int) -> None:
         """Cross-file checks at validation time (e.g. a referenced calibration file)."""

@@ -24,6 +24,11 @@ class Draws:
     dx: torch.Tensor | None = None
     seeds: torch.Tensor | None = None  # n int64
 
+    def take(self, keep: torch.Tensor) -> Draws:
+        """The draws of the images at positions `keep` of the batch."""
+        pick = lambda t: None if t is None else t[keep]  # noqa: E731
+        return Draws(self.flipped[keep], pick(self.dy), pick(self.dx), pick(self.seeds))
+
     def item(self, i: int) -> tuple[bool, int, int, int]:
         """(flip, dy, dx, seed) of image i, -1 where that augmentation is off."""
         pick = lambda t: -1 if t is None else int(t.view(-1)[i])  # noqa: E731

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import torch
 
+from edgekd import distributed
 from edgekd.config.schema import AugmentConfig, DataConfig
 from edgekd.data import augment as aug
 from edgekd.data import fashion_mnist, imagefolder
-from edgekd.data.stream import FileImages, default_workers, loader
+from edgekd.data.stream import FileImages, decode_all, default_workers, loader
 from edgekd.errors import DataNotFoundError
 
 STATS_IMAGES = 10_000  # an ImageFolder's mean and std come from at most this many images
@@ -165,7 +166,7 @@ def _imagefolder(cfg: DataConfig, base: Path) -> tuple[ImageSet, ImageSet, Image
     sets = {}
     for split, (files, labels) in listed.items():
         images = FileImages(tuple(str(f) for f in files), decode, workers)
-        sets[split] = ImageSet(images if stream else images[:], torch.from_numpy(labels))
+        sets[split] = ImageSet(images if stream else decode_all(images), torch.from_numpy(labels))
     return sets["train"], sets["val"], sets.get("test", sets["val"]), classes
 
 
@@ -240,26 +241,45 @@ def batches(
     augment: AugmentConfig | None = None,
     generator: torch.Generator | None = None,
     limit: int | None = None,
+    shard: bool = False,
 ) -> Iterator[Batch]:
     """Normalised batches; with `augment`, random flips (recorded per image) and crops. Data
-    read from disk is decoded by DataLoader workers; the batches are the same either way."""
+    read from disk is decoded by DataLoader workers; the batches are the same either way.
+
+    `shard`: under torchrun, this rank's share of each global batch of `batch_size` (every
+    rank draws the same order and augmentation, then keeps its own positions; a last batch
+    smaller than the number of ranks is left out, so every rank takes the same steps)."""
     n = len(data)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     if limit is not None:
         order = order[:limit]
+    plan = _plan(order, batch_size, augment, generator, shard and distributed.active())
     if isinstance(data.images, FileImages):
-        plan = [
-            (index, aug.draw(len(index), augment, generator)) for index in order.split(batch_size)
-        ]
-        for images, index, flipped in loader(data.images, plan, augment):
+        for images, index, flipped in loader(data.images, list(plan), augment):
             yield Batch(normalize(images, splits), data.labels[index], index, flipped)
         return
     size = data.images.shape[-1]
-    for start in range(0, len(order), batch_size):
-        index = order[start : start + batch_size]
-        draws = aug.draw(len(index), augment, generator)
+    for index, draws in plan:  # drawn batch by batch, as the training consumes them
         images = aug.apply(data.images[index], draws, augment, size)
         yield Batch(normalize(images, splits), data.labels[index], index, draws.flipped)
+
+
+def _plan(
+    order: torch.Tensor,
+    batch_size: int,
+    augment: AugmentConfig | None,
+    generator: torch.Generator | None,
+    shard: bool,
+) -> Iterator[tuple[torch.Tensor, aug.Draws]]:
+    """(positions, random choices) of each batch of `order`; `shard`: this rank's part."""
+    for index in order.split(batch_size):
+        draws = aug.draw(len(index), augment, generator)
+        if shard:
+            if len(index) < distributed.world():
+                continue
+            keep = distributed.shard(torch.arange(len(index)))
+            index, draws = index[keep], draws.take(keep)
+        yield index, draws
 
 
 def normalized_batches(data: ImageSet, splits: Splits, batch_size: int) -> Iterator[torch.Tensor]:

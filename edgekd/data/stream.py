@@ -128,3 +128,16 @@ def loader(
         worker_init_fn=_one_thread if images.workers else None,
     )
     return iter(data)
+
+
+def decode_all(images: FileImages, batch_size: int = 256) -> torch.Tensor:
+    """Every image decoded into one N×C×H×W uint8 tensor (the in-memory path), by the
+    DataLoader workers, filled in place so the peak is the tensor itself."""
+    out = torch.empty(images.shape, dtype=torch.uint8)
+    plan = [
+        (index, aug.draw(len(index), None, None))
+        for index in torch.arange(len(images)).split(batch_size)
+    ]
+    for batch, positions, _ in loader(images, plan, None):
+        out[positions] = batch
+    return out

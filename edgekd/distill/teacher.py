@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgekd import distributed
 from edgekd.artifacts import atomic_path, read_json, write_json
 from edgekd.data.datasets import Batch, ImageSet, Splits, batches, model_to_device, to_device
 from edgekd.distill.hooks import capture
@@ -95,7 +96,10 @@ def cache_logits(
     a killed run leaves no partial cache. `model` is a PyTorch module or a function from
     normalised images to logits; `splits` carries the teacher's own normalisation."""
     label = path.with_suffix(".json")
-    if path.exists():
+    if distributed.broadcast(path.exists()):  # rank 0's view, so every rank takes one path
+        return _open_cache(path, label, key, len(data))
+    if not distributed.is_main():  # rank 0 computes the cache, the others wait for it
+        distributed.barrier()
         return _open_cache(path, label, key, len(data))
     assert model is not None, f"no cached logits at {path} and no teacher to compute them"
     for stale in path.parent.glob(f".{path.name}.*"):  # a killed run's temporary file
@@ -116,6 +120,7 @@ def cache_logits(
         array.flush()
         del array
         write_json(label, {"key": key, "images": len(data), "teacher": str(path.name)})
+    distributed.barrier()
     return _open_cache(path, label, key, len(data))
 
 

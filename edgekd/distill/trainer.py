@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
+from edgekd import distributed
 from edgekd.artifacts import atomic_path
 from edgekd.config.schema import AugmentConfig, TrainConfig
 from edgekd.data.datasets import ImageSet, Splits, batches, model_to_device, to_device
@@ -107,7 +108,8 @@ def fit(
     gen = torch.Generator().manual_seed(seed)
     history: list[dict[str, float]] = []
     first_epoch = 0
-    if checkpoint is not None and checkpoint.exists():
+    state = None
+    if checkpoint is not None and checkpoint.exists() and distributed.is_main():
         try:
             state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         except Exception as exc:  # a torn or foreign file: start the stage over
@@ -115,19 +117,20 @@ def fit(
                 f"cannot read checkpoint {checkpoint}: {exc}; delete it to "
                 "restart this stage from its beginning"
             ) from exc
-        if state.get("key") == key:
-            model.load_state_dict(state["model"])
-            distiller.load_state_dict(state["distiller"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            gen.set_state(state["generator"])
-            if "torch_rng" in state:  # dropout masks continue where they were
-                torch.set_rng_state(state["torch_rng"])
-            if "cuda_rng" in state and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
-            history = state["history"]
-            first_epoch = int(state["epoch"])
-            console.print(f"  resuming {desc} after epoch {first_epoch}/{epochs}")
+    state = distributed.broadcast(state)  # under torchrun every rank resumes from rank 0's
+    if state is not None and state.get("key") == key:
+        model.load_state_dict(state["model"])
+        distiller.load_state_dict(state["distiller"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        if "torch_rng" in state:  # dropout masks continue where they were
+            torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        history = state["history"]
+        first_epoch = int(state["epoch"])
+        console.print(f"  resuming {desc} after epoch {first_epoch}/{epochs}")
     step = first_epoch * steps_per_epoch
     if first_epoch == 0:
         _pretrain(distiller, teachers, train, splits, cfg, device, console)
@@ -138,6 +141,10 @@ def fit(
         TextColumn("{task.fields[status]}"),
         TimeRemainingColumn(),
     )
+    # Under torchrun the student trains in DDP (its gradients averaged over the ranks as they
+    # are computed); the loss modules' few parameters (connectors, peers) are averaged after
+    # the backward pass: DDP cannot wrap the distiller, whose inputs are not tensors.
+    net = distributed.wrap(model, device)
     with Progress(*columns, console=console, transient=False) as progress:
         for epoch in range(first_epoch, epochs):
             steps = min(steps_per_epoch, total_steps - step)
@@ -152,11 +159,12 @@ def fit(
                 augment=augment,
                 generator=gen,
                 limit=steps * cfg.batch_size,
+                shard=True,
             ):
                 images = to_device(batch.images, device)
                 distiller.progress = step / total_steps
                 with distiller.tap(model) as features:
-                    student = Outputs(model(images), features)
+                    student = Outputs(net(images), features)
                 teacher_out = {
                     i: teachers[i].outputs(batch, distiller.teacher_keys(i))
                     for i in distiller.teachers_for_step()
@@ -164,6 +172,7 @@ def fit(
                 loss, terms = distiller(student, teacher_out, batch, images)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                distributed.average_gradients(distiller)
                 opt.step()
                 sched.step()
                 step += 1
@@ -171,7 +180,8 @@ def fit(
                 for name, value in {"loss": float(loss.detach()), **terms}.items():
                     sums[name] = sums.get(name, 0.0) + value
                 progress.update(task, advance=1, status=f"loss {sums['loss'] / seen:.3f}")
-            record = {"epoch": epoch + 1, **{k: v / max(seen, 1) for k, v in sums.items()}}
+            means = distributed.mean({k: v / max(seen, 1) for k, v in sums.items()}, device)
+            record = {"epoch": epoch + 1, **means}
             if val is not None and len(val):
                 record["val_acc"] = evaluate(model, val, splits, device)
                 progress.update(
@@ -183,7 +193,7 @@ def fit(
                     f"  {desc} epoch {epoch + 1}/{epochs}: "
                     + ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch")
                 )
-            if checkpoint is not None:
+            if checkpoint is not None and distributed.is_main():
                 with atomic_path(checkpoint) as tmp:
                     torch.save(
                         {

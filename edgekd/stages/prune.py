@@ -55,6 +55,7 @@ class PruneStage(Stage):
     Config = PruneConfig
     requires = ("teacher", "student")
     produces = ("student",)
+    distributed = True  # its recovery training runs on every rank under torchrun
 
     def check(self, cfg: Any, plan: Plan, index: int) -> None:
         after_qat = any(s.stage.quantizes for s in plan.stages[:index])

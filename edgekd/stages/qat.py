@@ -59,6 +59,7 @@ class QATStage(Stage):
     requires = ("teacher", "student")
     produces = ("student",)
     quantizes = True
+    distributed = True  # trains on every rank under torchrun
 
     def check(self, cfg: Any, plan: Plan, index: int) -> None:
         check_calibration(plan, index, cfg.calibration)

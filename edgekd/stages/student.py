@@ -65,6 +65,7 @@ class StudentStage(Stage):
     requires = ("teacher",)
     optional = ("architecture",)
     produces = ("student", "student_fp32")
+    distributed = True  # trains on every rank under torchrun
 
     def check(self, cfg: Any, plan: Plan, index: int) -> None:
         from edgekd.distill import rules

@@ -88,6 +88,7 @@ class TeacherStage(Stage):
     Config = TeacherConfig
     produces = ("teacher",)
     uses = ("seed", "device", "data")
+    distributed = True  # trains on every rank under torchrun
 
     def check(self, cfg: Any, plan: Plan, index: int) -> None:
         if (cfg.model is None) == (cfg.onnx is None):
