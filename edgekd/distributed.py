@@ -25,7 +25,9 @@ def world() -> int:
 
 
 def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
+    """This process's rank (0 alone; a RANK left in the environment without a WORLD_SIZE
+    above 1 means nothing)."""
+    return int(os.environ.get("RANK", "0")) if world() > 1 else 0
 
 
 def is_main() -> bool:

@@ -1,4 +1,5 @@
-"""The YAML snippets in docs/distillation.md are valid configs (the docs stay true)."""
+"""The YAML snippets in docs/distillation.md and docs/data.md are valid configs (the docs stay
+true)."""
 
 import re
 import textwrap
@@ -35,3 +36,12 @@ def test_every_snippet_validates(text):
             STAGES.get(params.pop("stage")).Config.model_validate(params)
     else:
         pytest.fail(f"snippet is neither a distill section nor a stage list:\n{text}")
+
+
+def test_the_data_guide_snippet_is_a_valid_data_section():
+    from edgekd.config.schema import DataConfig
+
+    (block,) = re.findall(r"```yaml\n(.*?)```", (ROOT / "docs" / "data.md").read_text(), re.S)
+    cfg = DataConfig.model_validate(yaml.safe_load(block)["data"])
+    assert cfg.storage == "auto" and cfg.resize == "center_crop"
+    assert cfg.augment.random_resized_crop == (0.08, 1.0)

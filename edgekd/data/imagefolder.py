@@ -83,8 +83,8 @@ def read(file: Path, decode: Decode) -> np.ndarray:
     """One file decoded and resized as `decode` says, C×size×size uint8."""
     from PIL import Image
 
-    with Image.open(file) as img:
-        img = img.convert("L" if decode.grayscale else "RGB")
+    with Image.open(file) as opened:
+        img = opened.convert("L" if decode.grayscale else "RGB")
         if decode.resize == "center_crop":  # torchvision's Resize(short) + CenterCrop(size)
             from torchvision.transforms import InterpolationMode
             from torchvision.transforms import functional as tf

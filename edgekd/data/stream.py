@@ -70,7 +70,7 @@ class _Decoded(Dataset[tuple[torch.Tensor, int, bool]]):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, item: Item) -> tuple[torch.Tensor, int, bool]:  # type: ignore[override]
+    def __getitem__(self, item: Item) -> tuple[torch.Tensor, int, bool]:
         position, choice = item
         file = Path(self.images.files[position])
         seed = choice[3]
@@ -121,7 +121,7 @@ def loader(
         return iter(())
     data = DataLoader(
         _Decoded(images, augment),
-        batch_sampler=_Plan(batches),  # type: ignore[arg-type]
+        batch_sampler=_Plan(batches),
         num_workers=images.workers,
         collate_fn=_collate,
         pin_memory=pin_memory,

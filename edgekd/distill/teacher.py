@@ -106,7 +106,7 @@ def cache_logits(
         shutil.rmtree(stale, ignore_errors=True)
     run = torch_logits(model, device) if isinstance(model, nn.Module) else model
     with atomic_path(path) as tmp:
-        array: np.ndarray | None = None
+        array: np.memmap | None = None
         start = 0
         for batch in batches(data, splits, batch_size):
             both = torch.cat([batch.images, batch.images.flip(3)])  # normalising commutes
