@@ -211,3 +211,27 @@ def test_a_killed_cache_write_leaves_no_cache_and_the_rerun_completes(folder, tm
     )
     assert logits.shape == (40, 2, 3) and path.exists()
     assert not list(path.parent.glob(".logits.npy.*"))  # cleaned up
+
+
+@pytest.mark.parametrize("storage", ["memory", "stream"])
+def test_unlabeled_images_join_the_training_split_where_it_lives(folder, write_yaml, storage):
+    from edgekd import training
+    from edgekd.pipeline import load_plan
+
+    extra = folder / "test" / "bee"  # 6 images used as an unlabeled folder
+    path = write_yaml(
+        f"name: u\ndata: {{dataset: imagefolder, root: {folder}, image_size: 16, "
+        f"storage: {storage}}}\n"
+        f"distill:\n  losses: [{{name: ce}}, {{name: kd}}]\n"
+        f"  unlabeled: {{source: {extra}, limit: 4}}\n"
+        "stages:\n  - stage: teacher\n    model: {arch: tiny_cnn}\n"
+        "  - stage: student\n    model: {arch: tiny_cnn}\n"
+    )
+    plan = load_plan(path)
+    splits = _splits(folder, storage=storage)
+    data = training.training_set(plan, splits)
+    assert len(data) == 44 and data.labels[40:].tolist() == [-1] * 4
+    assert data.streamed == (storage == "stream")
+    first = sorted(extra.iterdir())[0]
+    expected = imagefolder.read(first, imagefolder.Decode(16, False))
+    assert np.array_equal(data.images[torch.tensor([40])][0].numpy(), expected)
