@@ -278,6 +278,12 @@ class TrainConfig(Strict):
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
     weight_decay: float = Field(5e-4, ge=0, description="L2 weight decay (not on norms/biases).")
     schedule: Schedule = Field("onecycle", description="Learning-rate schedule over all steps.")
+    amp: Literal["off", "bf16", "fp16"] = Field(
+        "off",
+        description="Automatic mixed precision of the forward passes (student, live teacher, "
+        "loss): bf16 on a CPU or GPU, fp16 on a GPU with gradient scaling; weights stay FP32. "
+        "A model under QAT trains in FP32 whatever this says.",
+    )
 
 
 class CalibrationConfig(Strict):

@@ -19,7 +19,7 @@ from edgekd.data.datasets import ImageSet, Splits, batches, model_to_device, to_
 from edgekd.distill.distiller import Distiller
 from edgekd.distill.teacher import Teacher
 from edgekd.distill.terms import Outputs
-from edgekd.errors import WeightsError
+from edgekd.errors import EdgeKDError, WeightsError
 
 
 def evaluate(
@@ -145,6 +145,10 @@ def fit(
     # are computed); the loss modules' few parameters (connectors, peers) are averaged after
     # the backward pass: DDP cannot wrap the distiller, whose inputs are not tensors.
     net = distributed.wrap(model, device)
+    amp = _mixed_precision(model, cfg, device, console)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    if state is not None and state.get("key") == key and "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
     with Progress(*columns, console=console, transient=False) as progress:
         for epoch in range(first_epoch, epochs):
             steps = min(steps_per_epoch, total_steps - step)
@@ -163,17 +167,19 @@ def fit(
             ):
                 images = to_device(batch.images, device)
                 distiller.progress = step / total_steps
-                with distiller.tap(model) as features:
-                    student = Outputs(net(images), features)
-                teacher_out = {
-                    i: teachers[i].outputs(batch, distiller.teacher_keys(i))
-                    for i in distiller.teachers_for_step()
-                }
-                loss, terms = distiller(student, teacher_out, batch, images)
+                with torch.autocast(device.type, amp or torch.bfloat16, enabled=amp is not None):
+                    with distiller.tap(model) as features:
+                        student = Outputs(net(images), features)
+                    teacher_out = {
+                        i: teachers[i].outputs(batch, distiller.teacher_keys(i))
+                        for i in distiller.teachers_for_step()
+                    }
+                    loss, terms = distiller(student, teacher_out, batch, images)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                scaler.scale(loss).backward()
                 distributed.average_gradients(distiller)
-                opt.step()
+                scaler.step(opt)
+                scaler.update()
                 sched.step()
                 step += 1
                 seen += 1
@@ -211,10 +217,29 @@ def fit(
                                 else {}
                             ),
                             "history": history,
+                            **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {}),
                         },
                         tmp,
                     )
     return history
+
+
+def _mixed_precision(
+    model: nn.Module, cfg: TrainConfig, device: torch.device, console: Console
+) -> torch.dtype | None:
+    """The autocast dtype of `cfg.amp` on `device` (None: FP32). A model with NNCF's fake
+    quantizers trains in FP32 whatever `amp` says: their scales and rounding are FP32 math."""
+    if cfg.amp == "off":
+        return None
+    if any(type(m).__module__.startswith("nncf") for m in model.modules()):
+        console.print(f"  amp: {cfg.amp} ignored: NNCF's fake-quantized model trains in FP32")
+        return None
+    if cfg.amp == "fp16" and device.type != "cuda":
+        raise EdgeKDError(
+            f"train.amp: fp16 needs a CUDA device (this stage trains on {device.type}); use "
+            "amp: bf16 on a CPU"
+        )
+    return torch.float16 if cfg.amp == "fp16" else torch.bfloat16
 
 
 def _pretrain(

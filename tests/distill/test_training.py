@@ -91,7 +91,7 @@ def test_checkpoint_of_another_config_is_not_resumed(splits, tmp_path):
 
 def test_cached_teacher_logits_equal_live_ones(splits, tmp_path):
     model = tiny().eval()
-    cached = cache_logits(model, splits.train, splits, CPU, tmp_path / "cache.safetensors")
+    cached = cache_logits(model, splits.train, splits, CPU, tmp_path / "cache.npy", "k")
     live, from_cache = Teacher(model, CPU), Teacher(model, CPU, cached)
     gen = torch.Generator().manual_seed(1)
     batch = next(
@@ -107,7 +107,7 @@ def test_cached_teacher_logits_equal_live_ones(splits, tmp_path):
     assert batch.flipped.any()
     torch.testing.assert_close(from_cache.logits(batch), live.logits(batch), atol=1e-5, rtol=0)
     # The second call reads the file instead of recomputing.
-    again = cache_logits(None, splits.train, splits, CPU, tmp_path / "cache.safetensors")
+    again = cache_logits(None, splits.train, splits, CPU, tmp_path / "cache.npy", "k")
     torch.testing.assert_close(again, cached)
 
 
@@ -128,3 +128,44 @@ def test_teacher_is_frozen(splits):
 def test_fractional_epochs_take_the_right_number_of_steps(splits, epochs):
     history = train(tiny(), splits, TrainConfig(epochs=epochs, batch_size=100))
     assert len(history) == (1 if epochs < 1 else 2)
+
+
+def test_bf16_autocast_runs_the_forward_in_bf16_and_keeps_fp32_weights(splits):
+    model = tiny()
+    dtypes = []
+    model[1].register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    cfg = TrainConfig(epochs=2, lr=0.2, batch_size=32, amp="bf16")
+    history = train(model, splits, cfg, val=splits.val)
+    assert dtypes[0] == torch.bfloat16  # training steps: autocast
+    assert dtypes[-1] == torch.float32  # validation: FP32
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert history[-1]["val_acc"] > 50  # it learns, as test_training_learns does in FP32
+
+
+def test_fp16_needs_a_gpu(splits):
+    from edgekd.errors import EdgeKDError
+
+    with pytest.raises(EdgeKDError, match="fp16 needs a CUDA device"):
+        train(tiny(), splits, TrainConfig(epochs=1, amp="fp16"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_trains_on_a_gpu(splits, amp):
+    model = tiny()
+    cuda = torch.device("cuda")
+    before = evaluate(model, splits.val, splits, cuda)
+    fit(
+        model,
+        splits.train,
+        splits,
+        TrainConfig(epochs=2, lr=0.2, batch_size=32, amp=amp),
+        CE,
+        teacher=None,
+        augment=AugmentConfig(),
+        device=cuda,
+        seed=0,
+    )
+    after = evaluate(model, splits.val, splits, cuda)
+    assert after > before + 30 and after > 50
