@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from edgekd.config.schema import Strict
-from edgekd.registry import Registry
+from edgekd.registry import Registry, did_you_mean
 
 MODEL_CONFIGS: Registry[type[Strict]] = Registry("model")
 
@@ -107,3 +107,46 @@ class TinyCNNConfig(Strict):
     """Two conv-bn-relu layers and a linear head: for tests."""
 
     widths: list[int] = Field([8, 16], min_length=1, description="Channels per conv layer.")
+
+
+# torchvision 0.29's classification builders, `torchvision.models.list_models(module=
+# torchvision.models)`, kept here so that `edgekd validate` checks a name without importing
+# torch; tests/models/test_torchvision_names.py compares it with the installed torchvision.
+_TORCHVISION_NAMES = (
+    "alexnet convnext_base convnext_large convnext_small convnext_tiny densenet121 densenet161 "
+    "densenet169 densenet201 efficientnet_b0 efficientnet_b1 efficientnet_b2 efficientnet_b3 "
+    "efficientnet_b4 efficientnet_b5 efficientnet_b6 efficientnet_b7 efficientnet_v2_l "
+    "efficientnet_v2_m efficientnet_v2_s googlenet inception_v3 maxvit_t mnasnet0_5 mnasnet0_75 "
+    "mnasnet1_0 mnasnet1_3 mobilenet_v2 mobilenet_v3_large mobilenet_v3_small regnet_x_16gf "
+    "regnet_x_1_6gf regnet_x_32gf regnet_x_3_2gf regnet_x_400mf regnet_x_800mf regnet_x_8gf "
+    "regnet_y_128gf regnet_y_16gf regnet_y_1_6gf regnet_y_32gf regnet_y_3_2gf regnet_y_400mf "
+    "regnet_y_800mf regnet_y_8gf resnet101 resnet152 resnet18 resnet34 resnet50 "
+    "resnext101_32x8d resnext101_64x4d resnext50_32x4d shufflenet_v2_x0_5 shufflenet_v2_x1_0 "
+    "shufflenet_v2_x1_5 shufflenet_v2_x2_0 squeezenet1_0 squeezenet1_1 swin_b swin_s swin_t "
+    "swin_v2_b swin_v2_s swin_v2_t vgg11 vgg11_bn vgg13 vgg13_bn vgg16 vgg16_bn vgg19 vgg19_bn "
+    "vit_b_16 vit_b_32 vit_h_14 vit_l_16 vit_l_32 wide_resnet101_2 wide_resnet50_2"
+)
+TORCHVISION_CLASSIFIERS = tuple(_TORCHVISION_NAMES.split())
+
+
+@MODEL_CONFIGS.register("torchvision")
+class TorchvisionConfig(Strict):
+    """Any torchvision classification builder by name, untrained (weights come from the
+    stage's `weights:` file): `{arch: torchvision, name: efficientnet_b0}`."""
+
+    name: str = Field(description="A torchvision.models builder (`list_models()` gives them).")
+    options: dict[str, object] = Field(
+        default_factory=dict,
+        description="Keyword arguments of the builder (dropout, stochastic_depth_prob, ...).",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in TORCHVISION_CLASSIFIERS:
+            raise ValueError(
+                f"torchvision has no classification model {value!r};"
+                f"{did_you_mean(value, list(TORCHVISION_CLASSIFIERS))} "
+                "(torchvision.models.list_models(module=torchvision.models) lists them)"
+            )
+        return value

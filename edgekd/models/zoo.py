@@ -77,6 +77,37 @@ for _name in ("resnet18", "resnet34", "resnet50"):
     MODELS.register(_name)(_torchvision_resnet(_name))
 
 
+@MODELS.register("torchvision")
+def torchvision_model(
+    cfg: specs.TorchvisionConfig, in_channels: int, num_classes: int
+) -> nn.Module:
+    """torchvision's own builder, untrained, with `num_classes` outputs; for inputs of other
+    than 3 channels its first convolution is rebuilt to take them."""
+    import torchvision
+
+    options = {"num_classes": num_classes, **cfg.options}
+    if cfg.name in ("googlenet", "inception_v3"):
+        options.setdefault("aux_logits", False)  # one output, like every other model here
+        options.setdefault("init_weights", True)
+    model = torchvision.models.get_model(cfg.name, weights=None, **options)
+    if in_channels != 3:
+        name, conv = next((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+        parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+        setattr(
+            parent,
+            name.rpartition(".")[2],
+            nn.Conv2d(
+                in_channels,
+                conv.out_channels,
+                conv.kernel_size,  # type: ignore[arg-type]
+                conv.stride,  # type: ignore[arg-type]
+                conv.padding,  # type: ignore[arg-type]
+                bias=conv.bias is not None,
+            ),
+        )
+    return model
+
+
 @MODELS.register("mobilenetv2")
 def mobilenet_v2(cfg: specs.MobileNetV2Config, in_channels: int, num_classes: int) -> nn.Module:
     rows = cfg.blocks or IMAGENET_SETTING
