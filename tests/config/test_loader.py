@@ -1,5 +1,7 @@
 """Config errors name file, line and key, and suggest the nearest valid key."""
 
+import re
+
 import pytest
 
 from edgekd.errors import ConfigError
@@ -125,12 +127,25 @@ def test_calibration_for_another_dataset_is_refused(write_yaml, tmp_path):
     assert str(exc.value).startswith(f"{cal}:2: dataset: calibration set is for 'imagefolder'")
 
 
+IMAGENET = "pipelines/resnet50_to_mobilenetv2_imagenet.yaml"  # needs the user's data and weights
+
+
 def test_shipped_pipelines_validate():
     shipped = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "pipelines").glob("*.yaml"))
-    assert "pipelines/mobilenet_search.yaml" in shipped
+    assert "pipelines/mobilenet_search.yaml" in shipped and IMAGENET in shipped
     for path in [*shipped, "tests/data/smoke.yaml"]:
+        if path == IMAGENET:
+            continue
         plan = load_plan(path)
         assert plan.stages, path
+
+
+def test_the_imagenet_pipeline_says_which_weights_it_needs():
+    # Its teacher's weights are not shipped (98 MB, saved by the user as its comment says);
+    # tests/test_imagenet_pipeline.py runs it on a generated tree with generated weights.
+    expected = re.escape("weights file 'weights/resnet50_imagenet1k_v2.pt' not found")
+    with pytest.raises(ConfigError, match=expected):
+        load_plan(IMAGENET)
 
 
 def test_a_loss_listed_twice_is_refused_with_the_second_line(write_yaml):
