@@ -62,14 +62,14 @@ def test_the_imagenet_pipeline_runs_on_a_small_tree(tmp_path):
     path = tmp_path / "imagenet.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     result = pipeline.run(pipeline.load_plan(path), out=tmp_path / "runs")
-    assert [s["status"] for s in result["stages"]] == ["ran"] * 8
+    assert [s["status"] for s in result["stages"]] == ["ran"] * 7
     run = tmp_path / "runs" / "resnet50_to_mobilenetv2_imagenet"
     teacher = json.loads((run / "00_teacher" / "teacher" / "model.json").read_text())
     assert teacher["spec"]["arch"] == "torchvision" and teacher["spec"]["name"] == "resnet50"
     assert teacher["input_shape"] == [3, 64, 64]
     assert teacher["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
     assert not list(run.glob("cache/*.npy"))  # random resized crops: the teacher ran live
-    models = json.loads((run / "05_export" / "onnx" / "models.json").read_text())["models"]
+    models = json.loads((run / "04_export" / "onnx" / "models.json").read_text())["models"]
     assert {m["role"] for m in models} >= {"teacher", "final"}
     report = json.loads((run / "report.json").read_text())
     assert report["summary"]["final"]["params"] < report["summary"]["teacher"]["params"] / 10
