@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: `edgekd validate` stays torch-free
+    import torch
 
 
 def world() -> int:
@@ -48,6 +49,8 @@ def init(device: str = "auto") -> None:
 
     if world() == 1 or dist.is_initialized():
         return
+    import torch
+
     cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -85,6 +88,7 @@ def mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
     """Each value averaged over the ranks (their epoch losses, say)."""
     if not active() or not values:
         return values
+    import torch
     import torch.distributed as dist
 
     keys = sorted(values)
@@ -104,6 +108,7 @@ def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     0's), else `model` itself. Call the wrapper; hooks and saving use `model`."""
     if not active():
         return model
+    import torch
     from torch.nn.parallel import DistributedDataParallel
 
     ids = None
@@ -122,6 +127,7 @@ def average_gradients(module: torch.nn.Module) -> None:
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         return
+    import torch
     import torch.distributed as dist
 
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]

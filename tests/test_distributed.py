@@ -1,6 +1,6 @@
-"""torchrun with two real processes (gloo on this CPU): one training step in DDP matches the
-single-process step on the same global batch, the ranks end with the same weights, a pipeline
-writes its artifacts once, and a run whose rank is killed resumes from its last epoch."""
+"""torchrun with two real processes (gloo on this CPU): training in DDP matches the single-
+process run on the same global batches, the ranks end with the same weights, a run whose rank
+is killed resumes from its last epoch, and a pipeline writes its artifacts once."""
 
 from __future__ import annotations
 
@@ -95,31 +95,6 @@ stages:
 """
 
 
-def test_a_pipeline_under_torchrun_writes_each_artifact_once(tmp_path):
-    yaml_path = tmp_path / "ddp.yaml"
-    yaml_path.write_text(PIPELINE.format(train=1024, epochs=1))
-    out = tmp_path / "runs"
-    command = _torchrun("-m", "edgekd", "run", str(yaml_path), "--out", str(out))
-    proc = subprocess.run(command, env=_env(), cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("training on 2 processes") == 1  # rank 0 alone prints
-    run = out / "ddp"
-    assert sorted(p.name for p in run.iterdir() if not p.name.startswith(".")) == [
-        "00_teacher",
-        "01_student",
-        "cache",
-        "run.json",
-    ]
-    assert not list((run / ".ranks").rglob("*.safetensors"))  # rank 1 kept nothing
-    student = json.loads((run / "01_student" / "manifest.json").read_text())
-    assert student["status"] == "done" and student["metrics"]["history"][0]["epoch"] == 1
-    assert len(list((run / "cache").glob("*.npy"))) == 1  # the teacher's logits, once
-    # the rerun reuses both stages on both ranks
-    again = subprocess.run(command, env=_env(), cwd=ROOT, capture_output=True, text=True)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("unchanged, reusing") == 2
-
-
 def _rank_process(launcher: int, rank: str) -> psutil.Process:
     for child in psutil.Process(launcher).children(recursive=True):
         try:
@@ -155,3 +130,17 @@ def test_killing_one_rank_stops_the_run_and_the_rerun_resumes_its_stage(tmp_path
     manifest = json.loads((out / "ddp" / "01_student" / "manifest.json").read_text())
     assert manifest["status"] == "done"
     assert [h["epoch"] for h in manifest["metrics"]["history"]] == [1, 2, 3, 4]
+    assert again.stdout.count("training on 2 processes") == 1  # rank 0 alone prints
+    run = out / "ddp"
+    assert sorted(p.name for p in run.iterdir() if not p.name.startswith(".")) == [
+        "00_teacher",
+        "01_student",
+        "cache",
+        "run.json",
+    ]
+    assert not list((run / ".ranks").rglob("*.safetensors"))  # rank 1 kept nothing
+    assert len(list((run / "cache").glob("*.npy"))) == 1  # the teacher's logits, once
+    # a third run reuses both stages on both ranks
+    third = subprocess.run(command, env=_env(), cwd=ROOT, capture_output=True, text=True)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert third.stdout.count("unchanged, reusing") == 2

@@ -263,7 +263,7 @@ def test_a_search_over_two_targets_shares_the_teacher_and_runs_the_rest_once_per
     assert "100.0 × the teacher's" in search_b["budget_rule"]
     # the teacher's logits on the proxies' subset and on the student's images, cached once
     # each in the shared folder (per-target caches would hold four)
-    assert len(list((run / "cache").glob("teacher0-logits-*"))) == 2
+    assert len(list((run / "cache").glob("teacher0-logits-*.npy"))) == 2
     log = run_quietly(pipeline.load_plan(path), out)
     assert log.count("unchanged, reusing") == 1 + 2 * 2  # teacher; search and student per target
 
