@@ -141,7 +141,7 @@ def test_shipped_pipelines_validate():
 
 
 def test_the_imagenet_pipeline_says_which_weights_it_needs():
-    # Its teacher's weights are not shipped (98 MB, saved by the user as its comment says);
+    # Its teacher's weights are not shipped (the user saves torchvision's, as its comment says);
     # tests/test_imagenet_pipeline.py runs it on a generated tree with generated weights.
     expected = re.escape("weights file 'weights/resnet50_imagenet1k_v2.pt' not found")
     with pytest.raises(ConfigError, match=expected):
