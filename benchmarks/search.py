@@ -306,14 +306,18 @@ def pct(x: float) -> str:
 
 
 def render(results: dict[str, Any]) -> str:
-    made = results.get("commit", "unrecorded")
-    lines = [
-        "# Search: latency predictors and what the searched student buys",
-        "",
-        f"Measured at {made} by `python benchmarks/search.py` on {results.get('cpu', '?')} "
-        f"({results.get('threads', '?')} cores, no GPU), {results.get('date', '?')}.",
-        "",
-    ]
+    lines = ["# Search: latency predictors and what the searched student buys", ""]
+    for part, key in (("predictors", "candidates"), ("budgets", "budgets")):
+        if key not in results:
+            continue
+        # each part records where it ran (results from before that: the top-level fields)
+        made = results.get("made", {}).get(part, results)
+        lines += [
+            f"`--part {part}` measured at {made.get('commit', 'unrecorded')} by "
+            f"`python benchmarks/search.py --part {part}` on {made.get('cpu', '?')} "
+            f"({made.get('threads', '?')} cores, no GPU), {made.get('date', '?')}.",
+            "",
+        ]
     if "candidates" in results:
         lines += render_predictors(results)
     if "budgets" in results:
@@ -476,12 +480,14 @@ def main() -> None:
     file = out / "results.json"
     results: dict[str, Any] = dict(read_json(file)) if file.exists() else {}
     if not args.skip_run:
-        results |= {
+        made = {
             "commit": commit(),
             "cpu": cpu_name(),
             "threads": default_threads(),
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
+        parts = ["predictors", "budgets"] if args.part == "all" else [args.part]
+        results.setdefault("made", {}).update(dict.fromkeys(parts, made))
         if args.part in ("predictors", "all"):
             predictors(args.pipeline.resolve(), out, args.candidates, args.seed, results)
         if args.part in ("budgets", "all"):
