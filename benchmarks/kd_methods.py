@@ -28,6 +28,9 @@ from provenance import commit  # benchmarks/provenance.py
 from edgekd.runners.base import cpu_name
 
 MADE_BY = commit()
+# rows from before commands were recorded ran the full benchmark
+FULL_COMMAND = "python benchmarks/kd_methods.py --seeds 0 1 2 --sweep"
+COMMAND = " ".join(["python benchmarks/kd_methods.py", *sys.argv[1:]])
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_DEFAULT = ROOT / "benchmarks" / "kd_methods.yaml"
@@ -194,6 +197,7 @@ def run(method: str, seed: int, out: Path) -> dict[str, Any]:
         "method": method,
         "seed": seed,
         "commit": MADE_BY,
+        "command": COMMAND,
         "test_acc": metrics["test_acc"],
         "val_acc": round(metrics["history"][-1]["val_acc"], 2),
         "student_wall_s": manifest["wall_s"],
@@ -230,16 +234,15 @@ def onnx_logit_gap(out: Path) -> float | None:
 
 
 def made_at(results: list[dict[str, Any]]) -> str:
-    """The commit every row ran at, or each commit and the rows it ran."""
-    commits: dict[str, list[str]] = {}
+    """The commit and command every row ran at, or each commit and command and its rows."""
+    made: dict[str, list[str]] = {}
     for r in results:
-        commits.setdefault(r.get("commit", "an unrecorded commit"), []).append(
-            f"{r['method']} s{r['seed']}"
-        )
-    if len(commits) == 1:
-        return next(iter(commits))
-    main = max(commits, key=lambda c: len(commits[c]))
-    rest = "; ".join(f"{', '.join(rows)} at {c}" for c, rows in commits.items() if c != main)
+        at = f"{r.get('commit', 'an unrecorded commit')} by `{r.get('command', FULL_COMMAND)}`"
+        made.setdefault(at, []).append(f"{r['method']} s{r['seed']}")
+    if len(made) == 1:
+        return next(iter(made))
+    main = max(made, key=lambda c: len(made[c]))
+    rest = "; ".join(f"{', '.join(rows)} at {c}" for c, rows in made.items() if c != main)
     return f"{main} ({rest})"
 
 
@@ -261,8 +264,7 @@ def render(
     lines = [
         "# Distillation methods on Fashion-MNIST",
         "",
-        f"Measured at {made_at(results)} by `python benchmarks/kd_methods.py --seeds 0 1 2 "
-        "--sweep` "
+        f"Measured at {made_at(results)} "
         f"on {cpu_name()} "
         f"({_cores()} cores, no GPU), seeds {', '.join(map(str, seeds))}. Every row is "
         "`edgekd run` of `benchmarks/kd_methods.yaml` with only its `distill:` section changed.",

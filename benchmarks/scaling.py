@@ -12,7 +12,8 @@ data-loader throughput per worker, and KD training on 1 and 2 processes (torchru
 4. KD training throughput: the flagship student distilled from the flagship teacher on
    Fashion-MNIST (1 epoch, 10,000 images, cached teacher logits) by `edgekd run` in one process
    with 2 threads, and by `torchrun --nproc_per_node=2 -m edgekd run` (DDP, gloo, 1 thread
-   each): images per second of the student stage.
+   each), and in one process with `train.compile: true` (torch.compile, its compilation inside
+   the stage's time): images per second of the student stage.
 
 GPU rows are written only where CUDA is present; elsewhere they are reported as not run.
 
@@ -129,22 +130,23 @@ def loader_throughput(root: Path, workers: int, train: bool, images: int) -> flo
     return seen / (time.perf_counter() - start)
 
 
-def kd_pipeline(out: Path) -> Path:
+def kd_pipeline(out: Path, compiled: bool = False) -> Path:
     doc = yaml.safe_load(FLAGSHIP.read_text())
     doc["name"] = "scaling_kd"
     doc["device"] = "cpu"
     doc["data"]["train_subset"] = 10_000
     doc["stages"] = [s for s in doc["stages"] if s["stage"] in ("teacher", "student")]
     doc["stages"][1]["train"]["epochs"] = 1
+    doc["stages"][1]["train"]["compile"] = compiled
     doc["stages"][0]["weights"] = str(ROOT / doc["stages"][0]["weights"])
-    path = out / "scaling_kd.yaml"
+    path = out / f"scaling_kd{'_compiled' if compiled else ''}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 
 
-def kd_throughput(out: Path, processes: int) -> dict[str, Any]:
-    pipeline = kd_pipeline(out)
-    runs = out / f"kd-{processes}"
+def kd_throughput(out: Path, processes: int, compiled: bool = False) -> dict[str, Any]:
+    pipeline = kd_pipeline(out, compiled)
+    runs = out / f"kd-{processes}{'-compiled' if compiled else ''}"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     edgekd = ["-m", "edgekd", "run", str(pipeline), "--out", str(runs)]
     if processes == 1:
@@ -192,6 +194,9 @@ def measure(out: Path, results: dict[str, Any]) -> None:
         if str(processes) not in kd:
             kd[str(processes)] = kd_throughput(out, processes)
             write_json(out / "results.json", results)
+    if "1-compiled" not in kd:
+        kd["1-compiled"] = kd_throughput(out, 1, compiled=True)
+        write_json(out / "results.json", results)
 
 
 def render(results: dict[str, Any]) -> str:
@@ -255,7 +260,13 @@ def render(results: dict[str, Any]) -> str:
     for processes, label in (
         ("1", "`edgekd run`, 1 process, 2 threads"),
         ("2", "`torchrun --nproc_per_node=2 -m edgekd run`, DDP gloo, 1 thread each"),
+        (
+            "1-compiled",
+            "`edgekd run`, 1 process, 2 threads, `train.compile: true` (incl. compiling)",
+        ),
     ):
+        if processes not in kd:
+            continue
         row = kd[processes]
         lines.append(
             f"| {label} | {row['student_s']:.1f} | {row['images_per_s']:.0f} | "

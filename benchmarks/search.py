@@ -478,7 +478,11 @@ def main() -> None:
     out = args.runs / "search_benchmark"
     out.mkdir(parents=True, exist_ok=True)
     file = out / "results.json"
-    results: dict[str, Any] = dict(read_json(file)) if file.exists() else {}
+    # The committed raw results beside the doc seed a fresh clone, so rerunning one part keeps
+    # the other part's rows.
+    kept = args.doc.with_suffix(".json")
+    seed = file if file.exists() else kept if kept.exists() else None
+    results: dict[str, Any] = dict(read_json(seed)) if seed is not None else {}
     if not args.skip_run:
         made = {
             "commit": commit(),
@@ -495,7 +499,8 @@ def main() -> None:
                 args.pipeline.resolve(), out, args.runs, args.repeats, results, args.teacher_space
             )
     write_text(args.doc, render(results))
-    print(f"wrote {args.doc}")
+    write_json(kept, results)
+    print(f"wrote {args.doc} and {kept}")
 
 
 if __name__ == "__main__":

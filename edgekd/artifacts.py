@@ -20,6 +20,7 @@ MANIFEST = "manifest.json"
 TRACKED_LIBRARIES = (
     "torch",
     "torchvision",
+    "timm",  # only with the edgekd[timm] extra
     "nncf",
     "torch-pruning",
     "torchao",

@@ -84,8 +84,8 @@ def broadcast(value: Any) -> Any:
     return box[0]
 
 
-def mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    """Each value averaged over the ranks (their epoch losses, say)."""
+def total(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Each value summed over the ranks (counts of correct predictions, say)."""
     if not active() or not values:
         return values
     import torch
@@ -94,7 +94,12 @@ def mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
     keys = sorted(values)
     tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
-    return {k: float(v) / world() for k, v in zip(keys, tensor.tolist(), strict=True)}
+    return {k: float(v) for k, v in zip(keys, tensor.tolist(), strict=True)}
+
+
+def mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Each value averaged over the ranks (their epoch losses, say)."""
+    return {k: v / world() for k, v in total(values, device).items()} if active() else values
 
 
 def shard(index: torch.Tensor) -> torch.Tensor:

@@ -295,7 +295,7 @@ def save_and_score(
     example = torch.zeros(1, *splits.input_shape, device=device)
     ctx.metrics.update(
         {
-            f"{prefix}test_acc": round(evaluate(model, splits.test, splits, device), 2),
+            f"{prefix}test_acc": round(evaluate(model, splits.test, splits, device, shard=True), 2),
             f"{prefix}params": zoo.count_params(model),
             f"{prefix}macs": zoo.count_macs(model, example),
             f"{prefix}bytes": file_bytes(directory / "model.safetensors"),

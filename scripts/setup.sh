@@ -25,7 +25,7 @@ fi
 # Reinstall only when pyproject.toml changed since the last install.
 stamp="$VENV/.edgekd-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev]'
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev,timm]'
   touch "$stamp"
 fi
 

@@ -23,9 +23,16 @@ from edgekd.config.schema import AugmentConfig, DataConfig, TrainConfig
 from edgekd.data.datasets import load_splits, sample
 from edgekd.distill.distiller import Distiller
 from edgekd.distill.losses.ce import CEConfig
+from edgekd.distill import trainer
 from edgekd.distill.trainer import fit
 
 distributed.init("cpu")
+seen = []  # how many validation images this rank scored, per epoch
+_predict = trainer.predict
+def counting(model, data, *args, **kwargs):
+    seen.append(len(data))
+    return _predict(model, data, *args, **kwargs)
+trainer.predict = counting
 splits = load_splits(DataConfig(train_subset=512, val_size=100, test_subset=100), seed=0)
 torch.manual_seed(0)
 model = torch.nn.Sequential(  # no BatchNorm: its per-rank statistics would differ
@@ -37,7 +44,8 @@ history = fit(model, splits.train, splits, TrainConfig(epochs=2, lr=0.05, batch_
               val=splits.val)
 digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters()))
 out = {"rank": distributed.rank(), "world": distributed.world(), "history": history,
-       "weights": digest.hexdigest(), "first": model[0].weight.flatten()[:8].tolist()}
+       "weights": digest.hexdigest(), "first": model[0].weight.flatten()[:8].tolist(),
+       "val_seen": seen}
 with open(f"{sys.argv[1]}/rank{distributed.rank()}.json", "w") as fh:
     json.dump(out, fh)
 distributed.close()
@@ -73,6 +81,10 @@ def test_two_ranks_train_as_one_process_on_the_same_global_batch(tmp_path):
     for single, double in zip(one["history"], ranks[0]["history"], strict=True):
         assert double["loss"] == pytest.approx(single["loss"], rel=1e-6)
         assert double["val_acc"] == pytest.approx(single["val_acc"], abs=1.0)  # 1 image in 100
+    # validation sharded: each rank scored half of the 100 images, the counts summed
+    assert one["val_seen"] == [100, 100]
+    assert [r["val_seen"] for r in ranks] == [[50, 50], [50, 50]]
+    assert ranks[0]["history"] == ranks[1]["history"]  # the ranks report the same numbers
     assert ranks[0]["first"] == pytest.approx(one["first"], abs=1e-5)
 
 

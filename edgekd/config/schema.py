@@ -284,6 +284,12 @@ class TrainConfig(Strict):
         "loss): bf16 on a CPU or GPU, fp16 on a GPU with gradient scaling; weights stay FP32. "
         "A model under QAT trains in FP32 whatever this says.",
     )
+    compile: bool = Field(
+        False,
+        description="Train through torch.compile (inductor). Not used for a model under NNCF's "
+        "QAT or when a loss reads the student's features (hooks); off by default until it is "
+        "measured faster (docs/benchmarks/scaling.md).",
+    )
 
 
 class CalibrationConfig(Strict):

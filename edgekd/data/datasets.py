@@ -15,7 +15,7 @@ from edgekd import distributed
 from edgekd.config.schema import AugmentConfig, DataConfig
 from edgekd.data import augment as aug
 from edgekd.data import fashion_mnist, imagefolder
-from edgekd.data.stream import FileImages, decode_all, default_workers, loader
+from edgekd.data.stream import FileImages, decode_all, default_workers, in_order, loader
 from edgekd.errors import DataNotFoundError
 
 STATS_IMAGES = 10_000  # an ImageFolder's mean and std come from at most this many images
@@ -189,11 +189,7 @@ def pixel_statistics(data: ImageSet) -> tuple[list[float], list[float]]:
 def _raw_batches(data: ImageSet, batch_size: int) -> Iterator[torch.Tensor]:
     """`data`'s uint8 images in order, batch by batch."""
     if isinstance(data.images, FileImages):
-        plan = [
-            (index, aug.draw(len(index), None, None))
-            for index in torch.arange(len(data)).split(batch_size)
-        ]
-        for images, _, _ in loader(data.images, plan, None):
+        for images, _, _ in in_order(data.images, batch_size):
             yield images
     else:
         for start in range(0, len(data), batch_size):

@@ -130,14 +130,21 @@ def loader(
     return iter(data)
 
 
-def decode_all(images: FileImages, batch_size: int = 256) -> torch.Tensor:
-    """Every image decoded into one N×C×H×W uint8 tensor (the in-memory path), by the
-    DataLoader workers, filled in place so the peak is the tensor itself."""
-    out = torch.empty(images.shape, dtype=torch.uint8)
+def in_order(
+    images: FileImages, batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(uint8 images, positions, flipped) of every image in order, unaugmented, batch by batch."""
     plan = [
         (index, aug.draw(len(index), None, None))
         for index in torch.arange(len(images)).split(batch_size)
     ]
-    for batch, positions, _ in loader(images, plan, None):
+    return loader(images, plan, None)
+
+
+def decode_all(images: FileImages, batch_size: int = 256) -> torch.Tensor:
+    """Every image decoded into one N×C×H×W uint8 tensor (the in-memory path), by the
+    DataLoader workers, filled in place so the peak is the tensor itself."""
+    out = torch.empty(images.shape, dtype=torch.uint8)
+    for batch, positions, _ in in_order(images, batch_size):
         out[positions] = batch
     return out

@@ -23,11 +23,26 @@ from edgekd.errors import EdgeKDError, WeightsError
 
 
 def evaluate(
-    model: nn.Module, data: ImageSet, splits: Splits, device: torch.device, batch_size: int = 256
+    model: nn.Module,
+    data: ImageSet,
+    splits: Splits,
+    device: torch.device,
+    batch_size: int = 256,
+    *,
+    shard: bool = False,
 ) -> float:
-    """Top-1 accuracy (%) of `model` on `data`."""
+    """Top-1 accuracy (%) of `model` on `data`.
+
+    `shard`: under torchrun, every rank scores every world()-th image from its rank on and the
+    counts are summed over the ranks (the ranks hold the same model, so the accuracy is the one
+    process's, for 1/N of the work). Every rank must then call it, as the training stages do."""
+    if shard and distributed.active():
+        data = data.subset(torch.arange(distributed.rank(), len(data), distributed.world()))
     logits = predict(model, data, splits, device, batch_size)
-    return float((logits.argmax(1) == data.labels).float().mean()) * 100
+    counts = {"correct": float((logits.argmax(1) == data.labels).sum()), "seen": float(len(data))}
+    if shard:
+        counts = distributed.total(counts, device)
+    return counts["correct"] / max(counts["seen"], 1.0) * 100
 
 
 def predict(
@@ -144,7 +159,7 @@ def fit(
     # Under torchrun the student trains in DDP (its gradients averaged over the ranks as they
     # are computed); the loss modules' few parameters (connectors, peers) are averaged after
     # the backward pass: DDP cannot wrap the distiller, whose inputs are not tensors.
-    net = distributed.wrap(model, device)
+    net = _compiled(distributed.wrap(model, device), model, cfg, distiller, console)
     amp = _mixed_precision(model, cfg, device, console)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     if state is not None and state.get("key") == key and "scaler" in state:
@@ -189,7 +204,7 @@ def fit(
             means = distributed.mean({k: v / max(seen, 1) for k, v in sums.items()}, device)
             record = {"epoch": epoch + 1, **means}
             if val is not None and len(val):
-                record["val_acc"] = evaluate(model, val, splits, device)
+                record["val_acc"] = evaluate(model, val, splits, device, shard=True)
                 progress.update(
                     task, status=f"loss {record['loss']:.3f} val {record['val_acc']:.2f}%"
                 )
@@ -224,6 +239,29 @@ def fit(
     return history
 
 
+def _is_quantized(model: nn.Module) -> bool:
+    """Whether NNCF's fake quantizers are in `model` (it trains as QAT)."""
+    return any(type(m).__module__.startswith("nncf") for m in model.modules())
+
+
+def _compiled(
+    net: nn.Module, model: nn.Module, cfg: TrainConfig, distiller: Distiller, console: Console
+) -> nn.Module:
+    """`net` (the model, or its DDP wrapper) through torch.compile when `train.compile` asks,
+    except where compiling is known not to hold: NNCF's fake-quantized modules, and forward
+    hooks on the student's layers (a loss reading its features), which compiled graphs skip
+    or break on."""
+    if not cfg.compile:
+        return net
+    if _is_quantized(model):
+        console.print("  compile: ignored: NNCF's fake-quantized model trains eagerly")
+        return net
+    if distiller.student_keys():
+        console.print("  compile: ignored: a loss reads the student's features through hooks")
+        return net
+    return torch.compile(net)  # type: ignore[return-value]
+
+
 def _mixed_precision(
     model: nn.Module, cfg: TrainConfig, device: torch.device, console: Console
 ) -> torch.dtype | None:
@@ -231,7 +269,7 @@ def _mixed_precision(
     quantizers trains in FP32 whatever `amp` says: their scales and rounding are FP32 math."""
     if cfg.amp == "off":
         return None
-    if any(type(m).__module__.startswith("nncf") for m in model.modules()):
+    if _is_quantized(model):
         console.print(f"  amp: {cfg.amp} ignored: NNCF's fake-quantized model trains in FP32")
         return None
     if cfg.amp == "fp16" and device.type != "cuda":

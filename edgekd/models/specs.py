@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from functools import cache
+from importlib import resources
+from importlib.util import find_spec
 from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
@@ -111,7 +114,7 @@ class TinyCNNConfig(Strict):
 
 # torchvision 0.29's classification builders, `torchvision.models.list_models(module=
 # torchvision.models)`, kept here so that `edgekd validate` checks a name without importing
-# torch; tests/models/test_torchvision_names.py compares it with the installed torchvision.
+# torch; tests/models/test_named_models.py compares it with the installed torchvision.
 _TORCHVISION_NAMES = (
     "alexnet convnext_base convnext_large convnext_small convnext_tiny densenet121 densenet161 "
     "densenet169 densenet201 efficientnet_b0 efficientnet_b1 efficientnet_b2 efficientnet_b3 "
@@ -150,3 +153,52 @@ class TorchvisionConfig(Strict):
                 "(torchvision.models.list_models(module=torchvision.models) lists them)"
             )
         return value
+
+
+@cache
+def timm_names() -> frozenset[str]:
+    """timm 1.0.31's model names (`timm.list_models()`), from the snapshot shipped beside this
+    file, so `edgekd validate` checks a name without importing timm or torch."""
+    text = resources.files("edgekd.models").joinpath("timm_models.txt").read_text()
+    return frozenset(line for line in text.splitlines() if line and not line.startswith("#"))
+
+
+@MODEL_CONFIGS.register("timm")
+class TimmConfig(Strict):
+    """Any timm model by name, untrained (weights come from the stage's `weights:` file), built
+    exportable (no ONNX-hostile ops) for the data's channels and classes: `{arch: timm, name:
+    resnet10t}`. Needs the extra: `pip install 'edgekd[timm]'`."""
+
+    name: str = Field(description="A timm model name (`timm.list_models()` gives them).")
+    options: dict[str, object] = Field(
+        default_factory=dict,
+        description="Keyword arguments of timm.create_model (drop_rate, drop_path_rate, ...).",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        names = timm_names()
+        if value not in names:
+            raise ValueError(
+                f"timm has no model {value!r};{did_you_mean(value, sorted(names))} "
+                "(timm.list_models() lists them)"
+            )
+        if find_spec("timm") is None:
+            raise ValueError(
+                f"timm model {value!r} needs timm, which is not installed: "
+                "pip install 'edgekd[timm]' (timm==1.0.31)"
+            )
+        return value
+
+
+# Named models a compression stage cannot handle, as benchmarks/named_models.py found them
+# (docs/benchmarks/named_models.md): (arch, name) -> {stage: reason}. `edgekd validate` stops a
+# pipeline whose student is one of them before anything trains (stages/qat.py).
+KNOWN_FAILURES: dict[tuple[str, str], dict[str, str]] = {}
+
+
+def known_failure(spec: ModelSpec, stage: str) -> str | None:
+    """Why `stage` fails on `spec`'s named model, or None when it is not known to."""
+    name = spec.arch_kwargs().get("name")
+    return KNOWN_FAILURES.get((spec.arch, str(name)), {}).get(stage)

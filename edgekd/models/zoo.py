@@ -10,6 +10,7 @@ from torchvision.models import mobilenetv2, resnet
 from torchvision.models._utils import _make_divisible
 from torchvision.ops.misc import Conv2dNormActivation, SqueezeExcitation
 
+from edgekd.errors import EdgeKDError
 from edgekd.models import specs
 from edgekd.registry import Registry
 
@@ -105,6 +106,23 @@ def torchvision_model(
                 bias=conv.bias is not None,
             ),
         )
+    return model
+
+
+@MODELS.register("timm")
+def timm_model(cfg: specs.TimmConfig, in_channels: int, num_classes: int) -> nn.Module:
+    """timm's own model, untrained and `exportable` (timm then avoids ops that ONNX export
+    cannot trace), with the data's channels and classes."""
+    try:
+        import timm
+    except ImportError as exc:
+        raise EdgeKDError(
+            f"{{arch: timm, name: {cfg.name}}} needs timm: pip install 'edgekd[timm]'"
+        ) from exc
+    options = {"exportable": True, **cfg.options}
+    model: nn.Module = timm.create_model(
+        cfg.name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **options
+    )
     return model
 
 

@@ -11,7 +11,7 @@ from edgekd.artifacts import Artifact
 from edgekd.config.schema import PathStr, Schedule, Strict, TrainConfig, default
 from edgekd.errors import EdgeKDError
 from edgekd.stage import STAGES, Stage, StageContext
-from edgekd.stages.qat import check_calibration
+from edgekd.stages.qat import check_calibration, check_student_supports
 
 if TYPE_CHECKING:
     from edgekd.plan import Plan
@@ -67,6 +67,7 @@ class PruneStage(Stage):
             )
         if cfg.calibration is not None:
             check_calibration(plan, index, cfg.calibration)
+        check_student_supports(plan, index, "prune")
 
     def run(self, ctx: StageContext, cfg: PruneConfig) -> dict[str, Artifact]:
         import torch
@@ -109,7 +110,9 @@ class PruneStage(Stage):
                 model, calibration, splits, cal_cfg.batch_size, device, preset
             )
         model.to(device)
-        ctx.metrics["pruned_test_acc"] = round(evaluate(model, splits.test, splits, device), 2)
+        ctx.metrics["pruned_test_acc"] = round(
+            evaluate(model, splits.test, splits, device, shard=True), 2
+        )
         ctx.log(
             f"pruned {params_before} → {zoo.count_params(model)} parameters; test accuracy "
             f"before recovery {ctx.metrics['pruned_test_acc']:.2f}%"

@@ -53,6 +53,28 @@ def check_calibration(plan: Plan, index: int, value: str) -> None:
         )
 
 
+def check_student_supports(plan: Plan, index: int, stage: str) -> None:
+    """Stop at validate when the student is a named model that `stage` is known not to handle
+    (models/specs.py KNOWN_FAILURES, measured by benchmarks/named_models.py), with the reason
+    and at the line of the `model:` that chose it."""
+    from edgekd.models.specs import ModelSpec, known_failure
+
+    for earlier in reversed(plan.stages[:index]):
+        model = getattr(earlier.cfg, "model", None)
+        if "student" not in earlier.stage.produces or not isinstance(model, ModelSpec):
+            continue
+        reason = known_failure(model, stage)
+        if reason is not None:
+            name = model.arch_kwargs().get("name")
+            raise plan.doc.error(
+                ("stages", earlier.index, "model"),
+                f"the {stage} stage (stage {index}) cannot handle {{arch: {model.arch}, name: "
+                f"{name}}}: {reason} (found by benchmarks/named_models.py, "
+                "docs/benchmarks/named_models.md); choose another student or drop the stage",
+            )
+        return
+
+
 @STAGES.register("qat")
 class QATStage(Stage):
     Config = QATConfig
@@ -63,6 +85,7 @@ class QATStage(Stage):
 
     def check(self, cfg: Any, plan: Plan, index: int) -> None:
         check_calibration(plan, index, cfg.calibration)
+        check_student_supports(plan, index, "qat")
 
     def run(self, ctx: StageContext, cfg: QATConfig) -> dict[str, Artifact]:
         from edgekd import training
@@ -75,13 +98,15 @@ class QATStage(Stage):
         if meta.get("quantization"):
             raise EdgeKDError("the student is already quantized; a pipeline has one `qat` stage")
         ctx.metrics["fp32_test_acc"] = round(
-            evaluate(model.to(device), splits.test, splits, device), 2
+            evaluate(model.to(device), splits.test, splits, device, shard=True), 2
         )
         cal_cfg, calibration = training.calibration_set(ctx.plan, cfg.calibration, splits)
         quantized = nncf_qat.quantize(
             model, calibration, splits, cal_cfg.batch_size, device, cfg.preset
         )
-        ctx.metrics["ptq_test_acc"] = round(evaluate(quantized, splits.test, splits, device), 2)
+        ctx.metrics["ptq_test_acc"] = round(
+            evaluate(quantized, splits.test, splits, device, shard=True), 2
+        )
         ctx.log(
             f"FP32 {ctx.metrics['fp32_test_acc']:.2f}% → PTQ INT8 "
             f"{ctx.metrics['ptq_test_acc']:.2f}% (calibrated on {len(calibration)} images)"

@@ -18,6 +18,7 @@ TINY = {
     "mobilenetv2": {"width": 0.25, "last_channel": 32, "blocks": [[1, 8, 1, 1], [2, 8, 2, 2]]},
     "tiny_cnn": {},
     "torchvision": {"name": "mobilenet_v3_small"},
+    "timm": {"name": "resnet10t"},
 }
 
 
