@@ -13,11 +13,14 @@ writes artifacts, manifests and reports, and the others wait for it at a barrier
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:  # torch is imported where it is used: `edgekd validate` stays torch-free
     import torch
+
+T = TypeVar("T")
 
 
 def world() -> int:
@@ -95,6 +98,19 @@ def total(values: dict[str, float], device: torch.device) -> dict[str, float]:
     tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return {k: float(v) for k, v in zip(keys, tensor.tolist(), strict=True)}
+
+
+def once(compute: Callable[[], T], share: Callable[[T], Any], rebuild: Callable[[Any], T]) -> T:
+    """`compute()` on rank 0 alone (a calibration, a pruning), the other ranks rebuilding its
+    result from what `share` makes of it (plain data and CPU tensors), which rank 0
+    broadcasts; without torchrun, `compute()`. Every rank must call it."""
+    if not active():
+        return compute()
+    if is_main():
+        result = compute()
+        broadcast(share(result))
+        return result
+    return rebuild(broadcast(None))
 
 
 def mean(values: dict[str, float], device: torch.device) -> dict[str, float]:

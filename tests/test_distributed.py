@@ -102,9 +102,18 @@ stages:
     weights: null
     train: {{epochs: 1, lr: 0.1, batch_size: 64}}
   - stage: student
-    model: {{arch: tiny_cnn, widths: [4, 8]}}
+    model: {{arch: tiny_cnn, widths: [8, 16]}}
     train: {{epochs: {epochs}, lr: 0.1, batch_size: 64}}
+  - stage: qat
+    calibration: {calibration}
+    train: {{epochs: 0.2, batch_size: 64}}
+  - stage: prune
+    ratio: 0.5
+    round_to: 2
+    calibration: {calibration}
+    train: {{epochs: 0.2, batch_size: 64}}
 """
+CALIBRATION = ROOT / "calibration" / "fashion-mnist-train-1024.yaml"
 
 
 def _rank_process(launcher: int, rank: str) -> psutil.Process:
@@ -119,7 +128,7 @@ def _rank_process(launcher: int, rank: str) -> psutil.Process:
 
 def test_killing_one_rank_stops_the_run_and_the_rerun_resumes_its_stage(tmp_path):
     yaml_path = tmp_path / "ddp.yaml"
-    yaml_path.write_text(PIPELINE.format(train=6000, epochs=4))
+    yaml_path.write_text(PIPELINE.format(train=6000, epochs=4, calibration=CALIBRATION))
     out = tmp_path / "runs"
     command = _torchrun("-m", "edgekd", "run", str(yaml_path), "--out", str(out))
     log = (tmp_path / "first.log").open("w")
@@ -142,17 +151,24 @@ def test_killing_one_rank_stops_the_run_and_the_rerun_resumes_its_stage(tmp_path
     manifest = json.loads((out / "ddp" / "01_student" / "manifest.json").read_text())
     assert manifest["status"] == "done"
     assert [h["epoch"] for h in manifest["metrics"]["history"]] == [1, 2, 3, 4]
+    # QAT (rank 0 calibrates, the other rank takes its quantizers) and pruning (rank 0 runs
+    # DepGraph, the other rank takes its weights) then train on both ranks
+    qat = json.loads((out / "ddp" / "02_qat" / "manifest.json").read_text())["metrics"]
+    prune = json.loads((out / "ddp" / "03_prune" / "manifest.json").read_text())["metrics"]
+    assert qat["test_acc"] > 30 and prune["params"] < prune["params_before"]
     assert again.stdout.count("training on 2 processes") == 1  # rank 0 alone prints
     run = out / "ddp"
     assert sorted(p.name for p in run.iterdir() if not p.name.startswith(".")) == [
         "00_teacher",
         "01_student",
+        "02_qat",
+        "03_prune",
         "cache",
         "run.json",
     ]
     assert not list((run / ".ranks").rglob("*.safetensors"))  # rank 1 kept nothing
     assert len(list((run / "cache").glob("*.npy"))) == 1  # the teacher's logits, once
-    # a third run reuses both stages on both ranks
+    # a third run reuses every stage on both ranks
     third = subprocess.run(command, env=_env(), cwd=ROOT, capture_output=True, text=True)
     assert third.returncode == 0, third.stderr[-3000:]
-    assert third.stdout.count("unchanged, reusing") == 2
+    assert third.stdout.count("unchanged, reusing") == 4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -119,7 +120,7 @@ def timm_model(cfg: specs.TimmConfig, in_channels: int, num_classes: int) -> nn.
         raise EdgeKDError(
             f"{{arch: timm, name: {cfg.name}}} needs timm: pip install 'edgekd[timm]'"
         ) from exc
-    options = {"exportable": True, **cfg.options}
+    options: dict[str, Any] = {"exportable": True, **cfg.options}
     model: nn.Module = timm.create_model(
         cfg.name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **options
     )

@@ -6,22 +6,41 @@ quantizers are torch modules whose scales train with the weights.
 NNCF compiles its CPU quantization kernels on first use and gives up after 60 s by default
 (NNCF_EXTENSION_LOAD_TIMEOUT). On a 2-core machine busy with training the build took 2 min
 (measured here), so a first QAT run failed; edgekd waits up to 15 min unless the user set it.
+
+torch builds such kernels in one folder per user (~/.cache/torch_extensions), and the build file
+names the Python environment's include paths, so two environments (a clone's own .venv and
+another's, CI's and a developer's) rebuild it in turn, each time the other ran last (seen here:
+build.ninja held /work/main/.venv's paths after a run from a fresh clone's). Unless the user set
+TORCH_EXTENSIONS_DIR, edgekd gives each environment (sys.prefix) its own folder.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from edgekd import distributed
 from edgekd.data.datasets import ImageSet, Splits, batches
 
 NNCF_KEY_PREFIX = "__nncf"
 os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "900")
+_ENVIRONMENT = hashlib.sha256(sys.prefix.encode()).hexdigest()[:12]
+os.environ.setdefault(
+    "TORCH_EXTENSIONS_DIR",
+    str(
+        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+        / "torch_extensions"
+        / _ENVIRONMENT
+    ),
+)
 
 
 def quantize(
@@ -32,9 +51,25 @@ def quantize(
     device: torch.device,
     preset: str = "performance",
 ) -> nn.Module:
-    """INT8 fake-quantized copy of `model`, ranges calibrated on `calibration` (NNCF PTQ)."""
-    inputs = [b.images.to(device) for b in batches(calibration, splits, batch_size)]
-    return quantize_inputs(model, inputs, device, preset)
+    """INT8 fake-quantized copy of `model`, ranges calibrated on `calibration` (NNCF PTQ).
+
+    Under torchrun rank 0 alone calibrates; the other ranks insert the same quantizers from its
+    config and load its ranges and weights, so every rank starts QAT from one calibration."""
+
+    def calibrate() -> nn.Module:
+        inputs = [b.images.to(device) for b in batches(calibration, splits, batch_size)]
+        return quantize_inputs(model, inputs, device, preset)
+
+    def share(quantized: nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        return config(quantized), {k: v.cpu() for k, v in quantized.state_dict().items()}
+
+    def rebuild(payload: tuple[dict[str, Any], dict[str, torch.Tensor]]) -> nn.Module:
+        quant_config, state = payload
+        quantized = restore(copy.deepcopy(model).eval().cpu(), quant_config)
+        quantized.load_state_dict(state)
+        return quantized.to(device)
+
+    return distributed.once(calibrate, share, rebuild)
 
 
 def quantize_inputs(

@@ -72,7 +72,7 @@ class PruneStage(Stage):
     def run(self, ctx: StageContext, cfg: PruneConfig) -> dict[str, Artifact]:
         import torch
 
-        from edgekd import training
+        from edgekd import distributed, training
         from edgekd.data.datasets import batches, sample
         from edgekd.distill.trainer import evaluate
         from edgekd.models import zoo
@@ -91,10 +91,24 @@ class PruneStage(Stage):
         load_state(model, state, "student")
         example = torch.zeros(1, *splits.input_shape)
         params_before = zoo.count_params(model)
-        prune_channels(model, example, cfg.ratio, cfg.round_to, len(splits.classes))
-        if cfg.bn_recalibration_images:
-            recalibration = sample(splits.train, cfg.bn_recalibration_images, ctx.plan.config.seed)
-            recalibrate_batchnorm(model, [b.images for b in batches(recalibration, splits, 256)])
+
+        def prune() -> torch.nn.Module:
+            prune_channels(model, example, cfg.ratio, cfg.round_to, len(splits.classes))
+            if cfg.bn_recalibration_images:
+                seed = ctx.plan.config.seed
+                recalibration = sample(splits.train, cfg.bn_recalibration_images, seed)
+                images = [b.images for b in batches(recalibration, splits, 256)]
+                recalibrate_batchnorm(model, images)
+            return model
+
+        def rebuild(pruned: dict[str, torch.Tensor]) -> torch.nn.Module:
+            resize_to_state_dict(model, pruned)
+            load_state(model, pruned, "pruned student")
+            return model
+
+        # Under torchrun rank 0 alone runs DepGraph (and the BN recalibration); the others
+        # take its pruned weights.
+        model = distributed.once(prune, lambda m: m.state_dict(), rebuild)
         ctx.metrics.update(params_before=params_before, channels=channel_counts(model))
         quantized = bool(meta.get("quantization"))
         if quantized:

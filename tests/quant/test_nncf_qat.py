@@ -125,3 +125,30 @@ def test_fp32_onnx_matches_pytorch(trained, splits, tmp_path):
     check = parity(path, trained, images)
     assert check["max_abs_diff"] < TOL["onnx_fp32"] and check["top1_agreement"] == 100
     assert onnx_logits(path, images).shape == (200, 10)
+
+
+def test_each_python_environment_builds_nncf_kernels_in_its_own_folder(tmp_path):
+    """torch's build file names the environment's include paths: a shared folder would make
+    two environments rebuild NNCF's kernels in turn. A folder the user set is kept."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    show = "import os, edgekd.quant.nncf_qat; print(os.environ['TORCH_EXTENSIONS_DIR'])"
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_EXTENSIONS_DIR"}
+    env["XDG_CACHE_HOME"] = str(tmp_path)
+
+    def folder(extra: dict[str, str]) -> str:
+        run = subprocess.run(
+            [sys.executable, "-c", show], env={**env, **extra}, capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stderr
+        return run.stdout.strip()
+
+    prefix = subprocess.run(
+        [sys.executable, "-c", "import sys; print(sys.prefix)"], capture_output=True, text=True
+    ).stdout.strip()
+    digest = hashlib.sha256(prefix.encode()).hexdigest()[:12]
+    assert folder({}) == str(tmp_path / "torch_extensions" / digest)
+    assert folder({"TORCH_EXTENSIONS_DIR": "/chosen"}) == "/chosen"
