@@ -52,7 +52,7 @@ def predict(
     model.eval()
     out = []
     with torch.no_grad():
-        for batch in batches(data, splits, batch_size):
+        for batch in batches(data, splits, batch_size, device=device):
             out.append(model(to_device(batch.images, device)).float().cpu())
     model.train(was_training)
     return torch.cat(out)
@@ -179,6 +179,7 @@ def fit(
                 generator=gen,
                 limit=steps * cfg.batch_size,
                 shard=True,
+                device=device,
             ):
                 images = to_device(batch.images, device)
                 distiller.progress = step / total_steps

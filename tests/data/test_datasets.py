@@ -76,3 +76,38 @@ def test_imagefolder_loads_and_checks_classes(tmp_path):
     (tmp_path / "val" / "bird").mkdir()
     with pytest.raises(DataNotFoundError, match="same class folders"):
         imagefolder.listing(tmp_path, "val", ["cat", "dog"])
+
+
+def test_batches_for_the_cpu_device_are_the_plain_batches(splits):
+    plain = list(
+        batches(
+            splits.val,
+            splits,
+            128,
+            augment=AugmentConfig(hflip=True),
+            generator=torch.Generator().manual_seed(0),
+        )
+    )
+    placed = list(
+        batches(
+            splits.val,
+            splits,
+            128,
+            augment=AugmentConfig(hflip=True),
+            generator=torch.Generator().manual_seed(0),
+            device=torch.device("cpu"),
+        )
+    )
+    for a, b in zip(plain, placed, strict=True):
+        assert torch.equal(a.images, b.images) and torch.equal(a.flipped, b.flipped)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_batches_for_a_gpu_go_through_pinned_memory_and_equal_the_cpu_ones(splits):
+    cuda = torch.device("cuda")
+    for a, b in zip(
+        batches(splits.val, splits, 128), batches(splits.val, splits, 128, device=cuda), strict=True
+    ):
+        assert b.images.device.type == "cuda" and b.labels.device.type == "cpu"
+        torch.testing.assert_close(b.images.cpu(), a.images, atol=1e-6, rtol=0)
