@@ -13,7 +13,8 @@ writes artifacts, manifests and reports, and the others wait for it at a barrier
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -38,11 +39,28 @@ def is_main() -> bool:
     return rank() == 0
 
 
+_alone = False  # rank 0 running a stage the other ranks do not run (see `alone`)
+
+
 def active() -> bool:
-    """Whether this process is one of several and its process group is open."""
+    """Whether this process is one of several, its process group is open, and the others take
+    part in what it does now."""
     import torch.distributed as dist
 
-    return world() > 1 and dist.is_available() and dist.is_initialized()
+    return world() > 1 and not _alone and dist.is_available() and dist.is_initialized()
+
+
+@contextmanager
+def alone(solo: bool = True) -> Iterator[None]:
+    """Rank 0 running a stage on its own (a search's proxy trainings, a benchmark): inside,
+    collectives are off (no DDP wrapper, no sharding, no all-reduce), since the other ranks
+    are waiting elsewhere and would never answer."""
+    global _alone
+    before, _alone = _alone, _alone or solo
+    try:
+        yield
+    finally:
+        _alone = before
 
 
 def init(device: str = "auto") -> None:

@@ -340,7 +340,8 @@ def _run_stages(
         console.rule(f"[bold]{spec.dirname}")
         ctx = StageContext(plan, spec.index, stage_dir, run_dir, inputs, key, console)
         start = time.perf_counter()
-        outputs = spec.stage.run(ctx, spec.cfg)
+        with distributed.alone(not spec.stage.distributed):  # the other ranks wait for it
+            outputs = spec.stage.run(ctx, spec.cfg)
         wall = time.perf_counter() - start
         missing = set(spec.stage.produces) - set(outputs)
         assert not missing, f"stage {spec.name} did not produce {missing}"

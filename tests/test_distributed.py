@@ -34,18 +34,27 @@ def counting(model, data, *args, **kwargs):
     return _predict(model, data, *args, **kwargs)
 trainer.predict = counting
 splits = load_splits(DataConfig(train_subset=512, val_size=100, test_subset=100), seed=0)
-torch.manual_seed(0)
-model = torch.nn.Sequential(  # no BatchNorm: its per-rank statistics would differ
-    torch.nn.Conv2d(1, 8, 3, 2), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2),
-    torch.nn.Flatten(), torch.nn.Linear(32, 10))
-history = fit(model, splits.train, splits, TrainConfig(epochs=2, lr=0.05, batch_size=64),
-              Distiller([("ce", 1.0, CEConfig())]), teacher=None,
-              augment=AugmentConfig(hflip=True), device=torch.device("cpu"), seed=0,
-              val=splits.val)
+def make():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(  # no BatchNorm: its per-rank statistics would differ
+        torch.nn.Conv2d(1, 8, 3, 2), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2),
+        torch.nn.Flatten(), torch.nn.Linear(32, 10))
+def train(model):
+    return fit(model, splits.train, splits, TrainConfig(epochs=2, lr=0.05, batch_size=64),
+               Distiller([("ce", 1.0, CEConfig())]), teacher=None,
+               augment=AugmentConfig(hflip=True), device=torch.device("cpu"), seed=0,
+               val=splits.val)
+model = make()
+history = train(model)
+solo = None
+if distributed.rank() == 0:  # as a search stage's proxies train: rank 0 alone, the rest wait
+    with distributed.alone():
+        solo = train(make())
+distributed.barrier()
 digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters()))
 out = {"rank": distributed.rank(), "world": distributed.world(), "history": history,
        "weights": digest.hexdigest(), "first": model[0].weight.flatten()[:8].tolist(),
-       "val_seen": seen}
+       "val_seen": seen, "solo": solo}
 with open(f"{sys.argv[1]}/rank{distributed.rank()}.json", "w") as fh:
     json.dump(out, fh)
 distributed.close()
@@ -82,9 +91,16 @@ def test_two_ranks_train_as_one_process_on_the_same_global_batch(tmp_path):
         assert double["loss"] == pytest.approx(single["loss"], rel=1e-6)
         assert double["val_acc"] == pytest.approx(single["val_acc"], abs=1.0)  # 1 image in 100
     # validation sharded: each rank scored half of the 100 images, the counts summed
-    assert one["val_seen"] == [100, 100]
-    assert [r["val_seen"] for r in ranks] == [[50, 50], [50, 50]]
+    assert one["val_seen"] == [100, 100, 100, 100]
+    assert [r["val_seen"][:2] for r in ranks] == [[50, 50], [50, 50]]
     assert ranks[0]["history"] == ranks[1]["history"]  # the ranks report the same numbers
+    # rank 0 training alone (`distributed.alone`) is the one-process run: whole batches, no
+    # collectives (the other rank, waiting at a barrier, would never answer one)
+    assert one["solo"] == one["history"] and ranks[1]["solo"] is None
+    for single, alone in zip(one["history"], ranks[0]["solo"], strict=True):
+        assert alone["loss"] == pytest.approx(single["loss"], rel=1e-6)
+        assert alone["val_acc"] == single["val_acc"]
+    assert ranks[0]["val_seen"][2:] == [100, 100]
     assert ranks[0]["first"] == pytest.approx(one["first"], abs=1e-5)
 
 
