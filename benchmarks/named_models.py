@@ -2,7 +2,8 @@
 
 For each model (untrained, 3 channels, 10 classes, 64 px inputs): it builds; it exports to ONNX
 and onnxruntime computes what torch computes (parity); DepGraph prunes 25 % of its channels
-(rounded to 8) and the pruned model still runs; NNCF quantizes it (PTQ on one batch), one QAT
+(rounded to 8), the pruned model still runs and its weights load into a fresh build as a later
+stage loads them; NNCF quantizes it (PTQ on one batch), one QAT
 step trains it, its quantizers restore from their JSON config into a fresh build, and the Q/DQ
 ONNX file runs in onnxruntime. Each step is recorded as passed or failed with the first line of
 its error; the failures are what `KNOWN_FAILURES` in edgekd/models/specs.py refuses at
@@ -72,6 +73,7 @@ def check(arch: str, name: str, options: dict[str, Any], folder: Path) -> dict[s
     """Each step's outcome for one model: {step: {ok, s, error?}}, and its parameter count."""
     from edgekd.export.onnx import export_onnx, onnx_logits, torch_logits
     from edgekd.models import zoo
+    from edgekd.models.io import load_state, resize_to_state_dict
     from edgekd.models.specs import ModelSpec
     from edgekd.prune.depgraph import prune_channels
     from edgekd.quant import nncf_qat
@@ -102,6 +104,14 @@ def check(arch: str, name: str, options: dict[str, Any], folder: Path) -> dict[s
             out = model(images)
         assert out.shape == (8, 10), f"pruned model gives {tuple(out.shape)}"
         row["pruned_params"] = f"{zoo.count_params(model) / before:.2f}"
+        # a later stage loads the pruned weights into a fresh build, resized to them
+        state = model.state_dict()
+        again = zoo.build(spec, 3, 10).eval()
+        resize_to_state_dict(again, state)
+        load_state(again, state, name)
+        with torch.no_grad():
+            gap = float((again(images) - out).abs().max())
+        assert gap < 1e-5, f"the reloaded pruned model differs by {gap:.3g}"
 
     def qat() -> None:
         quantized = nncf_qat.quantize_inputs(zoo.build(spec, 3, 10).eval(), [images], cpu)
@@ -112,10 +122,13 @@ def check(arch: str, name: str, options: dict[str, Any], folder: Path) -> dict[s
         quantized.eval()
         restored = nncf_qat.restore(zoo.build(spec, 3, 10).eval(), nncf_qat.config(quantized))
         restored.load_state_dict(quantized.state_dict())
+        with torch.no_grad():
+            logits = quantized(images)
+            gap = float((restored(images) - logits).abs().max())
+        assert gap < 1e-5, f"the restored quantized model differs by {gap:.3g}"
         path = folder / f"{name}_int8.onnx"
         export_onnx(nncf_qat.strip(quantized, images[:1]), images[:1], path)
-        with torch.no_grad():
-            expected = quantized(images).argmax(1)
+        expected = logits.argmax(1)
         agree = float((torch.from_numpy(onnx_logits(path, images)).argmax(1) == expected).mean())
         row["int8_agreement"] = agree
 
