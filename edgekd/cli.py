@@ -1,10 +1,12 @@
-"""The command line: edgekd run | validate | search | profile | bench | targets | deploy | check."""
+"""The command line: edgekd run | validate | search | profile | bench | targets | deploy | report
+| check."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -125,6 +127,43 @@ def _check(args: argparse.Namespace, console: Console) -> int:
     for name, ok, detail in results:
         print(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}")
     return 0 if all(ok for _, ok, _ in results) else 1
+
+
+def _read_report(path: Path) -> tuple[Path, dict[str, Any]]:
+    """A run folder's report.json (or the file itself) and its content."""
+    from edgekd.artifacts import read_json
+
+    file = path / "report.json" if path.is_dir() else path
+    if not file.is_file():
+        raise EdgeKDError(
+            f"no report at {file}: give a run folder (runs/<name>) whose pipeline ended with "
+            "the report stage, or its report.json"
+        )
+    try:
+        return file, dict(read_json(file))
+    except (OSError, ValueError) as exc:
+        raise EdgeKDError(f"cannot read report {file}: {exc}") from None
+
+
+def _report(args: argparse.Namespace, console: Console) -> int:
+    from edgekd.artifacts import write_text
+    from edgekd.report.compare import compare
+    from edgekd.stages.report import write_report
+
+    file, report = _read_report(args.run)
+    if args.other is None:
+        write_report(file.parent, report)
+        for name in ("report.md", "report.html"):
+            console.print(f"wrote {file.parent / name}", highlight=False)
+        return 0
+    other_file, other = _read_report(args.other)
+    text = "\n".join(compare(report, other, str(file), str(other_file)))
+    if args.out is not None:
+        write_text(args.out, text)
+        console.print(f"wrote {args.out}", highlight=False)
+    else:
+        print(text)
+    return 0
 
 
 def _bench(args: argparse.Namespace, console: Console) -> int:
@@ -287,6 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--target", type=Path, required=True, help="targets/*.yaml")
     deploy.add_argument("--out", type=Path, help="bundle folder parent (default RUN_DIR/deploy)")
     deploy.set_defaults(func=_deploy)
+
+    report = sub.add_parser(
+        "report",
+        help="rebuild report.md and report.html from a run's report.json, or compare two runs",
+    )
+    report.add_argument("run", type=Path, help="runs/<name> (or its report.json)")
+    report.add_argument("other", type=Path, nargs="?", help="a second run: compare the two")
+    report.add_argument("--out", type=Path, help="with two runs: write the comparison here")
+    report.set_defaults(func=_report)
 
     gate = sub.add_parser("check", help="gate a report.json for CI: exit 1 when a limit fails")
     gate.add_argument("report", type=Path, help="runs/<name>/report.json")

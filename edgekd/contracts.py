@@ -63,6 +63,11 @@ class ExportedModel(Record):
     reference: ReferenceFile | None = None
     file_tensorrt: str | None = Field(None, description="NNCF's Q/DQ file, for TensorRT.")
     preprocessing: dict[str, Any] = Field(description="What the model does to a uint8 image.")
+    confusion: list[list[int]] | None = Field(
+        None,
+        description="Test-split confusion matrix in onnxruntime: row = true class, column = "
+        "predicted class, in the order of ModelsIndex.classes.",
+    )
 
 
 class ModelsIndex(Record):

@@ -54,6 +54,26 @@ def test_report_holds_every_stage_with_real_numbers(smoke_run):
     assert summary["final"]["precision"] == "int8" and summary["final"]["test_acc"] > ACC_FLOOR
     assert summary["final"]["bytes"] < summary["teacher"]["bytes"]
     assert (smoke_run / "report.md").read_text().startswith("# edgekd report: smoke")
+    # each exported model's graph memory and test-split confusion matrix
+    for model in report["models"]:
+        memory, confusion = model["memory"], model["confusion"]
+        assert 0 < memory["peak_activation_bytes"] <= memory["peak_activation_bytes_as_written"]
+        assert memory["unsized_tensors"] == 0 and memory["weight_bytes"] > 0
+        assert sum(map(sum, confusion)) == model["test_images"]
+        hits = sum(confusion[i][i] for i in range(len(confusion)))
+        assert round(100 * hits / model["test_images"], 2) == model["test_acc"]
+    assert report["classes"][0] == "T-shirt/top" and "stage: teacher" in report["pipeline"]["yaml"]
+    assert summary["final"]["peak_activation_bytes"] < summary["teacher"]["peak_activation_bytes"]
+
+
+def test_the_html_report_is_one_file_with_its_pictures(smoke_run):
+    html = (smoke_run / "report.html").read_text()
+    assert html.startswith("<!doctype html>") and "edgekd report: smoke" in html
+    # self-contained: no script, stylesheet or image fetched from anywhere
+    assert "<script" not in html and "<link" not in html and "src=" not in html
+    # accuracy vs latency, latency spread, per-class accuracy, confusion matrix
+    assert html.count("<svg") == 4
+    assert "not measured" in html  # the GPU and Jetson targets, by reason
 
 
 def test_exported_models_pass_checker_and_parity(smoke_run):

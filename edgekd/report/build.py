@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import platform
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from edgekd import __version__
 from edgekd.artifacts import library_versions, read_json, read_manifest
 from edgekd.contracts import ModelsIndex, Role
 from edgekd.report import search
+from edgekd.report.memory import graph_memory
 from edgekd.runners.base import cpu_name, default_threads
 
 SCHEMA_VERSION = 1
@@ -39,7 +41,14 @@ def build_report(
     stage_dirs: list[tuple[str, str]],
     onnx_index: dict[str, Any],
     bench: dict[str, Any],
+    onnx_dir: Path | None = None,
 ) -> dict[str, Any]:
+    """report.json's content. `onnx_dir`: where the exported files are, to read each one's peak
+    activation memory from its graph (report/memory.py)."""
+    models = [dict(m) for m in onnx_index["models"]]
+    for model in models:
+        file = onnx_dir / model["file"] if onnx_dir is not None else None
+        model["memory"] = graph_memory(file) if file is not None and file.is_file() else None
     stages: list[dict[str, Any]] = []
     for name, dirname in stage_dirs:
         manifest = read_manifest(run_dir / dirname) or {}
@@ -57,7 +66,12 @@ def build_report(
         "schema_version": SCHEMA_VERSION,
         "edgekd_version": __version__,
         "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "pipeline": {"name": pipeline_name, "file": pipeline_file},
+        "pipeline": {
+            "name": pipeline_name,
+            "file": pipeline_file,
+            "yaml": _text(Path(pipeline_file)),
+        },
+        "source": source_commit(),
         "machine": {
             "cpu": cpu_name(),
             "cores": default_threads(),
@@ -65,10 +79,11 @@ def build_report(
         },
         "versions": library_versions(),
         "stages": stages,
-        "models": onnx_index["models"],
-        "preprocessing": final_preprocessing(onnx_index["models"]),
+        "models": models,
+        "classes": onnx_index.get("classes"),
+        "preprocessing": final_preprocessing(models),
         "latency": rows,
-        "summary": summarize(onnx_index["models"], rows),
+        "summary": summarize(models, rows),
         "search": search.section(
             run_dir, stage_dirs, lambda target, runtime: fastest(rows, Role.FINAL, target, runtime)
         ),
@@ -109,6 +124,7 @@ def summarize(models: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dict[
             "params": model["params"],
             "macs": model["macs"],
             "bytes": model["bytes"],
+            "peak_activation_bytes": (model.get("memory") or {}).get("peak_activation_bytes"),
             "onnxruntime_median_ms": ort["median_ms"] if ort else None,
             "best": {k: best[k] for k in ("target", "runtime", "precision", "batch", "median_ms")}
             if best
@@ -125,6 +141,37 @@ def summarize(models: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dict[
     }
     out["accuracy_drop_pp"] = round(t["test_acc"] - f["test_acc"], 2)
     return out
+
+
+def _text(path: Path) -> str | None:
+    """The pipeline YAML exactly as run (None when the file is gone)."""
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def source_commit() -> dict[str, Any] | None:
+    """edgekd's git commit when it runs from a clone (and whether its code had uncommitted
+    changes), else None (an installed package)."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    head = git("rev-parse", "HEAD")
+    if head is None:
+        return None
+    status = git("status", "--porcelain", "--", "edgekd")
+    return {"commit": head, "dirty": bool(status)}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

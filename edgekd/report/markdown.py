@@ -34,8 +34,20 @@ def summary_table(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def skipped_by_reason(rows: list[dict[str, Any]]) -> list[tuple[str, str, list[str]]]:
+    """(target, reason, ["model precision runtime", ...]) of the rows not measured, one entry
+    per target and reason: a target without a GPU is one line, not one per model × runtime."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for row in rows:
+        if row["status"] == "skipped":
+            what = f"{row['model']} {row['precision']} {row['runtime']}"
+            groups.setdefault((row["target"], row["reason"]), []).append(what)
+    return [(target, reason, what) for (target, reason), what in groups.items()]
+
+
 def latency_table(rows: list[dict[str, Any]]) -> list[str]:
-    """Every measured, skipped and failed row; ★ marks the chosen row of its target and model."""
+    """Every measured and failed row (★ marks the chosen row of its target and model), then the
+    rows not measured, one line per target and reason."""
     lines = [
         "| target | model | precision | runtime | status | batch | threads | median ms | "
         "p90 ms | p99 ms | mean ± 95% ms | runs | check vs reference | note |",
@@ -43,6 +55,8 @@ def latency_table(rows: list[dict[str, Any]]) -> list[str]:
     ]
     for row in rows:
         head = f"| {row['target']} | {row['model']} | {row['precision']} | {row['runtime']} |"
+        if row["status"] == "skipped":
+            continue
         if row["status"] != "ok":
             lines.append(
                 f"{head} {row['status']} | {row['batch']} | | | | | | | | {row['reason']} |"
@@ -60,6 +74,10 @@ def latency_table(rows: list[dict[str, Any]]) -> list[str]:
             f"{row['ci95_ms']:.3f} | {row['iterations']} | {verdict}: top-1 {agreement}% vs "
             f"{check.get('reference', '–')} | {note} |"
         )
+    skipped = skipped_by_reason(rows)
+    if skipped:
+        lines += ["", "Not measured:", ""]
+        lines += [f"- {t}: {reason} ({', '.join(what)})" for t, reason, what in skipped]
     return lines
 
 

@@ -136,11 +136,7 @@ class ExportStage(Stage):
             with atomic_path(reference) as tmp:
                 np.save(tmp, expected)
             require_parity(path.name, check, cfg.tolerance[precision])
-            logits = onnx_logits(path, test_images)
-            accuracy = (
-                float((torch.from_numpy(logits).argmax(1) == splits.test.labels).float().mean())
-                * 100
-            )
+            accuracy, confusion = scored(torch.from_numpy(onnx_logits(path, test_images)), splits)
             entry = ExportedModel(
                 role=role,
                 file=path.name,
@@ -154,6 +150,7 @@ class ExportStage(Stage):
                 reference={"file": reference.name, "images": len(check_images)},
                 file_tensorrt=portable.name if portable else None,
                 preprocessing=splits.preprocessing(),
+                confusion=confusion,
             )
             index.append(entry)
             ctx.metrics[f"{role}_{precision}_test_acc"] = entry.test_acc
@@ -178,8 +175,7 @@ class ExportStage(Stage):
 
         path = out / f"{role}_fp32.onnx"
         shutil.copyfile(source / "model.onnx", path)
-        logits = onnx_predict(path, test_images)
-        accuracy = float((logits.argmax(1) == splits.test.labels).float().mean()) * 100
+        accuracy, confusion = scored(onnx_predict(path, test_images), splits)
         meta = read_json(source / "model.json")
         entry = ExportedModel(
             role=role,
@@ -193,7 +189,19 @@ class ExportStage(Stage):
             parity=None,
             reference=None,  # the file is its own reference (checked with onnxruntime)
             preprocessing=splits.preprocessing(),
+            confusion=confusion,
         )
         ctx.metrics[f"{role}_fp32_test_acc"] = entry.test_acc
         ctx.log(f"{path.name}: the given ONNX teacher, onnxruntime test accuracy {accuracy:.2f}%")
         return entry
+
+
+def scored(logits: Any, splits: Any) -> tuple[float, list[list[int]]]:
+    """Top-1 accuracy (%) of test-split `logits` and their confusion matrix (row = true class,
+    column = predicted)."""
+    import torch
+
+    labels, classes = splits.test.labels, len(splits.classes)
+    predicted = logits.argmax(1)
+    matrix = torch.bincount(labels * classes + predicted, minlength=classes * classes)
+    return float((predicted == labels).float().mean()) * 100, matrix.view(classes, classes).tolist()

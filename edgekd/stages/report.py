@@ -1,6 +1,10 @@
-"""Stage `report`: report.json (schema in docs/report.md) and report.md from the whole run."""
+"""Stage `report`: report.json (schema in docs/report.md), report.md and report.html from the
+whole run."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 
@@ -12,9 +16,19 @@ from edgekd.stage import STAGES, Stage, StageContext
 class ReportConfig(Strict):
     copy_to_run_dir: bool = Field(
         True,
-        description="Also write report.json/.md at the top of "
+        description="Also write report.json/.md/.html at the top of "
         "the run folder, where people and CI look first.",
     )
+
+
+def write_report(folder: Path, report: dict[str, Any]) -> None:
+    """report.json, report.md and report.html in `folder`, each written atomically."""
+    from edgekd.report.html import render_html
+    from edgekd.report.markdown import render
+
+    write_json(folder / "report.json", report)
+    write_text(folder / "report.md", render(report))
+    write_text(folder / "report.html", render_html(report))
 
 
 @STAGES.register("report")
@@ -27,20 +41,24 @@ class ReportStage(Stage):
 
     def run(self, ctx: StageContext, cfg: ReportConfig) -> dict[str, Artifact]:
         from edgekd.report.build import build_report, load_inputs
-        from edgekd.report.markdown import render
 
-        onnx_index, bench = load_inputs(ctx.input_path("onnx"), ctx.input_path("bench"))
+        onnx_dir = ctx.input_path("onnx")
+        onnx_index, bench = load_inputs(onnx_dir, ctx.input_path("bench"))
         stage_dirs = [(s.name, s.dirname) for s in ctx.plan.stages[: ctx.index]]
         report = build_report(
-            ctx.run_dir, ctx.plan.config.name, str(ctx.plan.path), stage_dirs, onnx_index, bench
+            ctx.run_dir,
+            ctx.plan.config.name,
+            str(ctx.plan.path),
+            stage_dirs,
+            onnx_index,
+            bench,
+            onnx_dir,
         )
         out = ctx.dir / "report"
         out.mkdir(exist_ok=True)
-        write_json(out / "report.json", report)
-        write_text(out / "report.md", render(report))
+        write_report(out, report)
         if cfg.copy_to_run_dir:
-            write_json(ctx.run_dir / "report.json", report)
-            write_text(ctx.run_dir / "report.md", render(report))
+            write_report(ctx.run_dir, report)
         summary = report["summary"]
         if summary:
             ctx.metrics.update(
