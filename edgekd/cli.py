@@ -15,8 +15,9 @@ from edgekd.errors import EdgeKDError
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:
-    from edgekd import distributed, pipeline
+    from edgekd import distributed, logs, pipeline
 
+    logs.set_verbose(args.verbose)
     plan = pipeline.load_plan(args.pipeline)
     if distributed.world() > 1:  # started by torchrun: one process of several
         distributed.init(plan.config.device)
@@ -253,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--out", type=Path, default=None, help="parent of the run folder (default: runs/)"
+    )
+    run.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show the libraries' own warnings and logs (by default in each stage's stage.log)",
     )
     run.set_defaults(func=_run)
 

@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from edgekd import __version__, distributed
+from edgekd import __version__, distributed, logs
 from edgekd.artifacts import (
     MANIFEST,
     Artifact,
@@ -340,7 +340,10 @@ def _run_stages(
         console.rule(f"[bold]{spec.dirname}")
         ctx = StageContext(plan, spec.index, stage_dir, run_dir, inputs, key, console)
         start = time.perf_counter()
-        with distributed.alone(not spec.stage.distributed):  # the other ranks wait for it
+        with (
+            distributed.alone(not spec.stage.distributed),  # the other ranks wait for it
+            logs.third_party_to(stage_dir / "stage.log"),
+        ):
             outputs = spec.stage.run(ctx, spec.cfg)
         wall = time.perf_counter() - start
         missing = set(spec.stage.produces) - set(outputs)
@@ -386,7 +389,8 @@ def _follow(
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
         ctx = StageContext(plan, spec.index, scratch, run_dir, inputs, key, console)
-        spec.stage.run(ctx, spec.cfg)
+        with logs.third_party_to(scratch / "stage.log"):  # rank 0's stage.log has the same
+            spec.stage.run(ctx, spec.cfg)
         shutil.rmtree(scratch, ignore_errors=True)
     outputs, row = distributed.broadcast(None)
     artifacts.update(outputs)
