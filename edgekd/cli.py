@@ -112,22 +112,58 @@ def _profile(args: argparse.Namespace, console: Console) -> int:
 
 
 def _check(args: argparse.Namespace, console: Console) -> int:
-    from edgekd.artifacts import read_json
-    from edgekd.report.gate import Limits, check
+    import yaml
 
-    def load(path: Path) -> dict:
-        try:
-            return dict(read_json(path))
-        except (OSError, ValueError) as exc:
-            raise EdgeKDError(f"cannot read report {path}: {exc}") from None
+    from edgekd.artifacts import write_bytes, write_text
+    from edgekd.config.schema import GateConfig
+    from edgekd.report.gate import Limits, check, junit, markdown
 
-    limits = Limits(**{k: getattr(args, k) for k in Limits.__dataclass_fields__})
-    results = check(load(args.report), limits, load(args.baseline) if args.baseline else None)
+    file, report = _read_report(args.report)
+    baseline = _read_report(args.baseline)[1] if args.baseline else None
+    # the pipeline's own `gate:` (kept in report.json with the YAML as run), then the flags
+    text = (report.get("pipeline") or {}).get("yaml")
+    try:
+        section = (yaml.safe_load(text) or {}).get("gate") if text else None
+        from_yaml = GateConfig.model_validate(section or {}).model_dump(exclude_none=True)
+    except (yaml.YAMLError, ValueError) as exc:
+        raise EdgeKDError(f"{file}: the pipeline's `gate:` section is not valid: {exc}") from None
+    flags = {f: getattr(args, f) for f in Limits.__dataclass_fields__}
+    limits = Limits(**(from_yaml | {k: v for k, v in flags.items() if v is not None}))
+    defaults: list[str] = []
+    if baseline is not None:
+        limits, defaults = limits.with_defaults()
+    results = check(report, limits, baseline)
     if not results:
-        raise EdgeKDError("no limits given; see `edgekd check --help`")
-    for name, ok, detail in results:
-        print(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}")
-    return 0 if all(ok for _, ok, _ in results) else 1
+        raise EdgeKDError("no limits given; see `edgekd check --help` (or give --baseline)")
+    if defaults:
+        applied = ", ".join(f"{name} {getattr(limits, name):g}" for name in defaults)
+        print(f"defaults applied (no tolerance given): {applied}")
+    for result in results:
+        print(f"{'PASS' if result.passed else 'FAIL'}  {result.name}: {result.detail}")
+    name = (report.get("pipeline") or {}).get("name", str(file))
+    if args.markdown is not None:
+        write_text(args.markdown, markdown(results, defaults, name))
+    if args.junit is not None:
+        write_bytes(args.junit, junit(results, name))
+    return 0 if all(r.passed for r in results) else 1
+
+
+def _baseline(args: argparse.Namespace, console: Console) -> int:
+    from edgekd.artifacts import write_json
+    from edgekd.report.compare import compare
+
+    file, report = _read_report(args.run)
+    name = (report.get("pipeline") or {}).get("name", "report")
+    target = args.to or Path("baselines") / f"{name}.json"
+    if target.is_file():
+        _, old = _read_report(target)
+        lines = compare(old, report, str(target), str(file))
+        changed = next(line for line in lines if line.startswith("## Changed"))
+        console.print(f"replacing {target}: {changed[3:]} numbers differ", highlight=False)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_json(target, report)
+    console.print(f"wrote baseline {target} from {file}", highlight=False)
+    return 0
 
 
 def _read_report(path: Path) -> tuple[Path, dict[str, Any]]:
@@ -342,20 +378,47 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, help="with two runs: write the comparison here")
     report.set_defaults(func=_report)
 
-    gate = sub.add_parser("check", help="gate a report.json for CI: exit 1 when a limit fails")
-    gate.add_argument("report", type=Path, help="runs/<name>/report.json")
-    gate.add_argument("--baseline", type=Path, help="an earlier report.json to compare with")
+    gate = sub.add_parser(
+        "check",
+        help="gate a report.json for CI: exit 0 pass, 1 a limit failed, 2 usage or input error",
+    )
+    gate.add_argument("report", type=Path, help="runs/<name> or its report.json")
+    gate.add_argument(
+        "--baseline",
+        type=Path,
+        help="an earlier report.json (baselines/<name>.json): regressions against it are "
+        "checked, with default tolerances where none is given",
+    )
     for flag, kind, text in (
         ("min-acc", float, "least final test accuracy, %"),
         ("max-acc-drop", float, "most teacher − final accuracy, points"),
         ("max-params", int, "most final parameters"),
         ("max-bytes-ratio", float, "most final/teacher ONNX bytes"),
         ("max-latency-ms", float, "most final median latency (fastest measured runtime)"),
-        ("max-acc-regression", float, "most accuracy lost vs --baseline, points"),
-        ("max-latency-regression", float, "most latency ratio vs --baseline, e.g. 1.1"),
+        ("min-parity-top1", float, "least final ONNX vs PyTorch top-1 agreement, %"),
+        ("max-parity-diff", float, "most final ONNX vs PyTorch max |logit difference|"),
+        ("max-acc-regression", float, "most accuracy lost vs --baseline, points (default 0.5)"),
+        (
+            "max-latency-regression",
+            float,
+            "most growth of the final/teacher latency ratio vs --baseline beyond the noise, % "
+            "(default 10)",
+        ),
+        ("max-size-growth", float, "most growth of the final file's bytes vs --baseline, % (5)"),
     ):
         gate.add_argument(f"--{flag}", type=kind, help=text)
+    gate.add_argument("--markdown", type=Path, help="also write a Markdown summary here")
+    gate.add_argument("--junit", type=Path, help="also write JUnit XML here (a case per limit)")
     gate.set_defaults(func=_check)
+
+    base = sub.add_parser("baseline", help="manage the baselines `edgekd check` compares with")
+    base_sub = base.add_subparsers(dest="action", required=True)
+    update = base_sub.add_parser(
+        "update", help="make a run's report the baseline (only ever done on purpose)"
+    )
+    update.add_argument("run", type=Path, help="runs/<name> or its report.json")
+    update.add_argument("--to", type=Path, help="baseline file (default baselines/<name>.json)")
+    update.set_defaults(func=_baseline)
     return parser
 
 

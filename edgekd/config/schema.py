@@ -378,6 +378,38 @@ class TargetProfile(Strict):
     )
 
 
+class GateConfig(Strict):
+    """`gate:`: the limits `edgekd check` applies to this pipeline's report (command-line flags
+    override them). The baseline tolerances default to 0.5 points, 10 % and 5 % when a baseline
+    is given and they are not set."""
+
+    min_acc: float | None = Field(None, description="Least final test accuracy, %.")
+    max_acc_drop: float | None = Field(None, description="Most teacher − final, points.")
+    max_params: int | None = Field(None, gt=0, description="Most final parameters.")
+    max_bytes_ratio: float | None = Field(None, gt=0, description="Most final/teacher bytes.")
+    max_latency_ms: float | None = Field(
+        None, gt=0, description="Most final median latency, ms (absolute: machine-dependent)."
+    )
+    min_parity_top1: float | None = Field(
+        None, ge=0, le=100, description="Least final ONNX vs PyTorch top-1 agreement, %."
+    )
+    max_parity_diff: float | None = Field(
+        None, ge=0, description="Most final ONNX vs PyTorch max |logit difference|."
+    )
+    max_acc_regression: float | None = Field(
+        None, ge=0, description="Most accuracy lost against the baseline, points."
+    )
+    max_latency_regression: float | None = Field(
+        None,
+        ge=0,
+        description="Most growth of the final/teacher latency ratio against the baseline, %, "
+        "beyond the measurement noise.",
+    )
+    max_size_growth: float | None = Field(
+        None, ge=0, description="Most growth of the final file's bytes against the baseline, %."
+    )
+
+
 class PipelineConfig(Strict):
     name: str = Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run folder name: runs/<name>/."
@@ -398,4 +430,7 @@ class PipelineConfig(Strict):
     stages: list[dict[str, object]] = Field(
         min_length=1,
         description="Stages in run order; each has `stage: NAME` plus that stage's keys.",
+    )
+    gate: GateConfig | None = Field(
+        None, description="Limits for `edgekd check` on this pipeline's report (docs/ci.md)."
     )
