@@ -207,13 +207,22 @@ def flagship_params(space: Any) -> dict[str, Any]:
     return params
 
 
+class PipelineFailed(Exception):
+    """`edgekd run` exited with an error; the message is edgekd's own `error:` line."""
+
+
 def run_pipeline(path: Path, runs: Path) -> float:
     start = time.perf_counter()
-    subprocess.run(
+    proc = subprocess.run(
         [sys.executable, "-m", "edgekd.cli", "run", str(path), "--out", str(runs)],
-        check=True,
         cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+    sys.stderr.write(proc.stderr)
+    if proc.returncode != 0:
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+        raise PipelineFailed(errors[-1][7:] if errors else f"exit status {proc.returncode}")
     return time.perf_counter() - start
 
 
@@ -273,7 +282,7 @@ def budgets(
         try:
             wall = run_pipeline(path, runs)
             runs_of[name] = {"budget_ms": stage["latency_budget_ms"], "wall_s": wall}
-        except subprocess.CalledProcessError as exc:
+        except PipelineFailed as exc:
             runs_of[name] = {"budget_ms": stage["latency_budget_ms"], "failed": str(exc)}
         write_json(out / "results.json", results)
     files = {"flagship": final_onnx(flagship_run)}
@@ -422,7 +431,7 @@ def render_budgets(budget: dict[str, Any]) -> list[str]:
     for name in ["flagship", *budget["runs"]]:
         run = budget["runs"].get(name, {})
         if "failed" in run:
-            lines.append(f"| {name} | {run['budget_ms']} | failed: {run['failed'][:120]} |||||")
+            lines.append(f"| {name} | {run['budget_ms']} | failed: {run['failed']} |||||||")
             continue
         rep = reports.get(name)
         if rep is None:
@@ -454,6 +463,9 @@ def render_budgets(budget: dict[str, Any]) -> list[str]:
             if name in acc:
                 verdict = "met" if ok(acc[name]) else "not met"
                 lines.append(f"- Goal: {goal}: {acc[name]} % vs {acc['flagship']} %, **{verdict}**")
+            elif "failed" in budget["runs"].get(name, {}):
+                failed = budget["runs"][name]["failed"]
+                lines.append(f"- Goal: {goal}: **not met**: the search found no student: {failed}")
             else:
                 lines.append(f"- Goal: {goal}: not measured ({name} did not finish)")
     return [*lines, ""]
