@@ -79,9 +79,12 @@ def bench_file(
     protocol: MeasureProtocol,
     inputs: Path | None,
     workdir: Path,
+    rounds: int = 1,
 ) -> dict[str, Any]:
     """Rows of `model` on every target; the reference is onnxruntime's CPU provider on the same
-    file (there is no PyTorch model here), which every other runtime is checked against."""
+    file (there is no PyTorch model here), which every other runtime is checked against.
+    `rounds`: each local row timed that many times in fresh processes (the median of their
+    medians is the row's)."""
     from edgekd.runners.backends.onnxruntime import logits_function
 
     if not model.exists():
@@ -99,7 +102,7 @@ def bench_file(
     except Exception as exc:  # onnx / onnxruntime say why the file is unusable
         raise EdgeKDError(f"{model}: not a usable ONNX model ({str(exc)[:300]})") from None
     bench_model = BenchModel("model", model, precision)
-    plan = BenchPlan(protocol=protocol, batches=batches, workdir=workdir)
+    plan = BenchPlan(protocol=protocol, batches=batches, workdir=workdir, rounds=rounds)
     rows = []
     for target, source_file in profiles:
         rows += measure_target(

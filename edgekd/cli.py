@@ -219,6 +219,7 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
         protocol,
         args.inputs,
         args.workdir or Path(".edgekd-engines"),
+        args.rounds,
     )
     console.print(f"{args.model}: checked on {result['checked_on']}", highlight=False)
     for row in result["rows"]:
@@ -350,6 +351,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-seconds", type=float, default=protocol.min_seconds, help="and at least this long"
     )
     bench.add_argument("--threads", type=int, help="CPU threads (default: the target's, or all)")
+    bench.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="time each row this many times in fresh processes, interleaved; report the median "
+        "of the medians and their spread",
+    )
     bench.add_argument("--workdir", type=Path, help="TensorRT engine cache (.edgekd-engines)")
     bench.add_argument("--out", type=Path, help="write the rows as JSON here")
     bench.set_defaults(func=_bench)

@@ -3,6 +3,7 @@ OpenVINO; then a rerun that reuses everything, and the other stage order (prune 
 
 import json
 import shutil
+import statistics
 import tarfile
 from pathlib import Path
 
@@ -155,7 +156,7 @@ def test_deploy_writes_a_bundle_and_tarball(smoke_run, tmp_path, capsys):
 def test_bench_command_on_an_exported_model(smoke_run, tmp_path):
     model = smoke_run / "04_export" / "onnx" / "student_fp32_fp32.onnx"
     out = tmp_path / "rows.json"
-    args = ["--runtime", "openvino", "--batch", "1", "2", "--iterations", "10"]
+    args = ["--runtime", "openvino", "--batch", "1", "2", "--iterations", "10", "--rounds", "3"]
     args += ["--min-seconds", "0", "--out", str(out)]
     code = main(["bench", str(model), "--target", "targets/cpu-x86.yaml", *args])
     assert code == 0
@@ -164,6 +165,12 @@ def test_bench_command_on_an_exported_model(smoke_run, tmp_path):
         ("openvino", 1, "ok"), ("openvino", 2, "ok"),
     ]  # fmt: skip
     assert all(r["check"]["reference"] == "onnxruntime-cpu" and r["check"]["passed"] for r in rows)
+    # three rounds, each row in a fresh process per round: the median of their medians
+    for r in rows:
+        assert r["rounds"] == 3 and len(r["round_medians_ms"]) == 3
+        assert r["median_ms"] == statistics.median(r["round_medians_ms"])
+        spread = 100 * (max(r["round_medians_ms"]) - min(r["round_medians_ms"])) / r["median_ms"]
+        assert r["spread_pct"] == round(spread, 2)
 
 
 def test_rerun_reuses_every_finished_stage(smoke_run, capsys):

@@ -5,6 +5,7 @@ failure never stops the other rows."""
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -61,6 +62,7 @@ class BenchPlan:
     batches: list[int]
     gate: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_GATE))
     workdir: Path | None = None  # engine cache for local TensorRT
+    rounds: int = 1  # each local row timed this many times, in fresh processes, interleaved
 
 
 def unreachable(target: TargetProfile, source: str, probe: bool = True) -> str | None:
@@ -151,19 +153,60 @@ def measure_target(
     if reason is None and target.kind == "remote-ssh":
         reason, notes = _power_up(target)
     rows: list[dict[str, Any]] = []
+    jobs: list[tuple[BenchModel, np.ndarray, int]] = []  # what each row measured, for rounds
     for model in models:
         fixed = fixed_batch(model.path)
         for key, skip in variants(target, model, plan.batches, fixed):
             row = {**base, **key}
             if reason is not None or skip is not None:
                 rows.append({**row, "status": "skipped", "reason": reason or skip})
+                jobs.append((model, images, 0))
                 continue
             own = model.images if model.images is not None else images
             max_batch = fixed or max(row["batch"], min(CHECK_CHUNK, len(own)))
             result = _measure_one(target, model, row, plan, own, references[model.role], max_batch)
             rows.append({**row, **result, **({"power_setup": notes} if notes else {})})
+            jobs.append((model, own, max_batch))
+    if plan.rounds > 1 and DEVICE[target.kind] != "remote":
+        _more_rounds(target, rows, jobs, plan, references)
     choose(rows)
     return rows
+
+
+def _more_rounds(
+    target: TargetProfile,
+    rows: list[dict[str, Any]],
+    jobs: list[tuple[BenchModel, np.ndarray, int]],
+    plan: BenchPlan,
+    references: dict[str, Reference],
+) -> None:
+    """Time every measured row `plan.rounds - 1` more times, each time in a fresh process and
+    going through all the rows before repeating one (so a slow minute of a shared machine
+    lands on every model, not on one), then give each row the median of its rounds' medians,
+    the rounds' medians and their spread (max − min, % of that median). The other statistics
+    are those of the round whose median is the row's (the lower middle one for an even
+    count)."""
+    measured = [(row, job) for row, job in zip(rows, jobs, strict=True) if row["status"] == "ok"]
+    rounds: list[list[dict[str, Any]]] = [[dict(row)] for row, _ in measured]
+    for _ in range(plan.rounds - 1):
+        for (row, (model, images, max_batch)), seen in zip(measured, rounds, strict=True):
+            key = {k: row[k] for k in ("target", "kind", "model", "runtime", "precision", "batch")}
+            again = _measure_one(
+                target, model, key, plan, images, references[model.role], max_batch
+            )
+            if again["status"] == "ok":
+                seen.append(again)
+    for (row, _), seen in zip(measured, rounds, strict=True):
+        medians = [r["median_ms"] for r in seen]
+        middle = sorted(seen, key=lambda r: r["median_ms"])[(len(seen) - 1) // 2]
+        median = statistics.median(medians)
+        row.update({k: v for k, v in middle.items() if k not in ("target", "kind", "model")})
+        row.update(
+            median_ms=median,
+            rounds=len(seen),
+            round_medians_ms=medians,
+            spread_pct=round(100 * (max(medians) - min(medians)) / median, 2),
+        )
 
 
 def _power_up(target: TargetProfile) -> tuple[str | None, list[str]]:

@@ -29,6 +29,13 @@ class BenchConfig(Strict):
     threads: int | None = Field(
         None, gt=0, description="CPU threads; null = the target's `threads`, else all cores."
     )
+    rounds: int = Field(
+        1,
+        ge=1,
+        description="Time every local row this many times, each in a fresh process, going "
+        "through all the rows before repeating one; each row then reports the median of the "
+        "rounds' medians and their spread (3 or more for rows a CI gate compares).",
+    )
     check_images: int = Field(
         500, gt=0, description="Test images each runner's outputs are checked on before timing."
     )
@@ -95,6 +102,7 @@ class BenchStage(Stage):
             batches=cfg.batch,
             gate=cfg.min_top1_agreement,
             workdir=ctx.dir / "engines",
+            rounds=cfg.rounds,
         )
         rows = []
         for target, source in zip(ctx.plan.targets, ctx.plan.config.targets, strict=True):
