@@ -30,6 +30,19 @@ IMAGENET_SETTING = [
 ]
 
 
+class Layers(nn.Sequential):
+    """nn.Sequential whose forward runs its numbered layers only. NNCF adds a hook store as a
+    child of the model it quantizes, and nn.Sequential's forward would call it as a layer
+    ("HookStorage is missing the required forward function": QAT of a resnet_small or
+    tiny_cnn student failed so). Same children, so the same state_dict keys."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for name, layer in self._modules.items():
+            if name.isdigit() and layer is not None:
+                x = layer(x)
+        return x
+
+
 def build(spec: specs.ModelSpec, in_channels: int, num_classes: int) -> nn.Module:
     """Build `spec.arch` with its validated config."""
     config = specs.MODEL_CONFIGS.get(spec.arch).model_validate(spec.arch_kwargs())
@@ -54,7 +67,7 @@ def resnet_small(cfg: specs.ResNetSmallConfig, in_channels: int, num_classes: in
                 )
             layers.append(resnet.BasicBlock(inplanes, width, stride, downsample))
             inplanes = width
-    return nn.Sequential(
+    return Layers(
         nn.Sequential(*layers),
         nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(inplanes, num_classes)),
     )
@@ -227,7 +240,7 @@ def tiny_cnn(cfg: specs.TinyCNNConfig, in_channels: int, num_classes: int) -> nn
             nn.ReLU(inplace=True),
         ]
         channels = width
-    return nn.Sequential(
+    return Layers(
         nn.Sequential(*layers),
         nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes)),
     )

@@ -152,3 +152,20 @@ def test_each_python_environment_builds_nncf_kernels_in_its_own_folder(tmp_path)
     digest = hashlib.sha256(prefix.encode()).hexdigest()[:12]
     assert folder({}) == str(tmp_path / "torch_extensions" / digest)
     assert folder({"TORCH_EXTENSIONS_DIR": "/chosen"}) == "/chosen"
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"arch": "tiny_cnn", "widths": [8, 16]},
+        {"arch": "resnet_small", "widths": [8], "blocks": [1]},
+    ],
+)
+def test_sequential_built_models_quantize(spec):
+    """resnet_small and tiny_cnn are chains of layers: NNCF's hook store, added as a child of
+    the model, must not be run as one of them (it was: "HookStorage is missing forward")."""
+    model = zoo.build(ModelSpec(**spec), 1, 10).eval()
+    images = torch.randn(4, 1, 28, 28)
+    quantized = nncf_qat.quantize_inputs(model, [images], torch.device("cpu"))
+    assert nncf_qat.is_quantized(quantized)
+    assert quantized(images).shape == (4, 10)
