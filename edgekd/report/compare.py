@@ -50,7 +50,8 @@ def _change(a: Any, b: Any, high: bool | None) -> tuple[str, bool]:
 def compare(a: dict[str, Any], b: dict[str, Any], a_name: str, b_name: str) -> list[str]:
     """Markdown lines: the numbers that differ, then those that are the same."""
     left, right = numbers(a), numbers(b)
-    changed, same = [], []
+    changed: list[str] = []
+    same: list[str] = []
     for key in dict.fromkeys([*left, *right]):
         va, high = left.get(key, (None, None))
         vb, high_b = right.get(key, (None, None))

@@ -21,7 +21,11 @@ from matplotlib.ticker import FormatStrFormatter
 
 from edgekd.contracts import Role
 
-ROLE_COLOURS = {Role.TEACHER: "#1f77b4", Role.STUDENT_FP32: "#ff7f0e", Role.FINAL: "#2ca02c"}
+ROLE_COLOURS: dict[str, str] = {
+    Role.TEACHER: "#1f77b4",
+    Role.STUDENT_FP32: "#ff7f0e",
+    Role.FINAL: "#2ca02c",
+}
 plt.rcParams.update({"svg.hashsalt": "edgekd", "font.size": 9, "figure.dpi": 100})
 
 
