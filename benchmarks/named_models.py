@@ -129,7 +129,8 @@ def check(arch: str, name: str, options: dict[str, Any], folder: Path) -> dict[s
         path = folder / f"{name}_int8.onnx"
         export_onnx(nncf_qat.strip(quantized, images[:1]), images[:1], path)
         expected = logits.argmax(1)
-        agree = float((torch.from_numpy(onnx_logits(path, images)).argmax(1) == expected).mean())
+        got = torch.from_numpy(onnx_logits(path, images)).argmax(1)
+        agree = float((got == expected).float().mean())
         row["int8_agreement"] = agree
 
     step_fns: dict[str, Callable[[], None]] = {
