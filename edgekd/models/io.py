@@ -116,11 +116,22 @@ def resize_to_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> No
                 setattr(module, buf, torch.zeros(weight.shape[0]))
         elif isinstance(module, nn.Linear):
             module.out_features, module.in_features = weight.shape
+        elif isinstance(module, nn.LayerNorm):  # ConvNeXt's, over the channels
+            module.normalized_shape = tuple(weight.shape)
         else:
             continue
         module.weight = nn.Parameter(torch.empty_like(weight))
         if getattr(module, "bias", None) is not None:
             module.bias = nn.Parameter(torch.empty(weight.shape[0]))
+    # Other tensors pruning resized (ConvNeXt's per-channel layer scale): the pruned shape.
+    for name, param in list(model.named_parameters()):
+        if name in state and tuple(state[name].shape) != tuple(param.shape):
+            owner, _, attr = name.rpartition(".")
+            setattr(
+                model.get_submodule(owner) if owner else model,
+                attr,
+                nn.Parameter(torch.empty_like(state[name])),
+            )
 
 
 def file_bytes(path: Path) -> int:

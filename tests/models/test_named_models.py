@@ -89,18 +89,29 @@ def test_a_named_model_builds_for_one_channel_hooks_and_exports(arch, name, tmp_
     [
         ("torchvision", "mobilenet_v3_small"),
         ("torchvision", "regnet_y_400mf"),
+        ("torchvision", "convnext_tiny"),  # LayerNorm and a per-channel layer scale to resize
         ("timm", "resnet10t"),
     ],
 )
-def test_a_named_model_prunes_with_depgraph(arch, name):
+def test_a_named_model_prunes_with_depgraph_and_reloads(arch, name):
+    """DepGraph prunes it, and its pruned weights load into a fresh build (as the stages after
+    prune load them) and compute the same."""
+    from edgekd.models.io import load_state, resize_to_state_dict
     from edgekd.prune.depgraph import prune_channels
 
     torch.manual_seed(0)
-    model = zoo.build(ModelSpec(arch=arch, name=name), 3, 10).eval()
+    spec = ModelSpec(arch=arch, name=name)
+    model = zoo.build(spec, 3, 10).eval()
     before = zoo.count_params(model)
     prune_channels(model, torch.zeros(1, 3, 64, 64), 0.25, 8, 10)
     assert zoo.count_params(model) < 0.85 * before
-    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 10)
+    images = torch.randn(2, 3, 64, 64)
+    again = zoo.build(spec, 3, 10).eval()
+    resize_to_state_dict(again, model.state_dict())
+    load_state(again, model.state_dict(), name)
+    with torch.no_grad():
+        assert model(images).shape == (2, 10)
+        torch.testing.assert_close(again(images), model(images))
 
 
 @pytest.mark.parametrize(
