@@ -19,6 +19,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -62,6 +66,7 @@ MODELS = [
     ("timm", "deit_tiny_patch16_224", {"img_size": SIZE}),
 ]
 STEPS = ("build", "export", "prune", "qat")
+CHILD_TIMEOUT_S = 900
 
 
 def _first_line(exc: BaseException) -> str:
@@ -69,8 +74,15 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:200]}"
 
 
-def check(arch: str, name: str, options: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """Each step's outcome for one model: {step: {ok, s, error?}}, and its parameter count."""
+def check(
+    arch: str,
+    name: str,
+    options: dict[str, Any],
+    folder: Path,
+    after_step: Callable[[dict[str, Any]], None] = lambda row: None,
+) -> dict[str, Any]:
+    """Each step's outcome for one model: {step: {ok, s, error?}}, and its parameter count;
+    `after_step` gets the row so far after every step."""
     from edgekd.export.onnx import export_onnx, onnx_logits, torch_logits
     from edgekd.models import zoo
     from edgekd.models.io import load_state, resize_to_state_dict
@@ -148,9 +160,11 @@ def check(arch: str, name: str, options: dict[str, Any], folder: Path) -> dict[s
             row[step] = {"ok": False, "error": _first_line(exc)}
             if step == "build":
                 traceback.print_exc()
-                break
         row[step]["s"] = round(time.perf_counter() - start, 1)
         print(f"{arch}:{name} {step}: {row[step]}", flush=True)
+        after_step(row)
+        if not row["build"]["ok"]:
+            break  # nothing else can run
     return row
 
 
@@ -173,7 +187,8 @@ def render(rows: list[dict[str, Any]], made: dict[str, str]) -> str:
             outcome = row.get(step)
             if outcome is None:
                 return "not run"
-            return f"ok ({outcome['s']} s)" if outcome["ok"] else f"**failed** ({outcome['s']} s)"
+            took = f" ({outcome['s']} s)" if outcome.get("s") is not None else ""
+            return f"ok{took}" if outcome["ok"] else f"**failed**{took}"
 
         params = f"{row['params']:,}" if "params" in row else "?"
         cells = " | ".join(cell(s) for s in STEPS)
@@ -190,12 +205,49 @@ def render(rows: list[dict[str, Any]], made: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def in_child(arch: str, name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """`check` in a fresh process, so a model that exhausts memory (the kernel kills the
+    process) or hangs costs its own row only; its row so far is read back from a file the
+    child rewrites after every step."""
+    with tempfile.TemporaryDirectory() as tmp:
+        partial = Path(tmp) / "row.json"
+        command = [sys.executable, __file__, "--child", json.dumps([arch, name, options])]
+        command += ["--row", str(partial), "--folder", tmp]
+        try:
+            proc = subprocess.run(command, timeout=CHILD_TIMEOUT_S, check=False)
+            why = (
+                None
+                if proc.returncode == 0
+                else f"the process ended with {_ended(proc.returncode)}"
+            )
+        except subprocess.TimeoutExpired:
+            why = f"no result within {CHILD_TIMEOUT_S} s"
+        row = json.loads(partial.read_text()) if partial.exists() else {"arch": arch, "name": name}
+    step = next((s for s in STEPS if s not in row), None)
+    if why is not None and step is not None:  # the step that was running when it died
+        row[step] = {"ok": False, "error": why, "s": None}
+    return row
+
+
+def _ended(code: int) -> str:
+    if code == -signal.SIGKILL:
+        return "SIGKILL (on this machine: the kernel's out-of-memory killer, see dmesg)"
+    return f"signal {-code}" if code < 0 else f"exit status {code}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--models", nargs="*", help="arch:name pairs (default: the list in this file)"
     )
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--row", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        arch, name, options = json.loads(args.child)
+        check(arch, name, options, args.folder, lambda row: write_text(args.row, json.dumps(row)))
+        return
     models = MODELS
     if args.models:
         options = {(a, n): o for a, n, o in MODELS}
@@ -207,10 +259,9 @@ def main() -> None:
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for arch, name, options in models:
-            rows.append(check(arch, name, options, Path(tmp)))
-            write_text(DOC, render(rows, made))  # a killed run keeps the rows it has
+    for arch, name, options in models:
+        rows.append(in_child(arch, name, options))
+        write_text(DOC, render(rows, made))  # a killed run keeps the rows it has
     print(f"wrote {DOC}")
 
 
