@@ -177,3 +177,18 @@ def test_a_student_a_stage_cannot_handle_stops_at_validate(write_yaml, monkeypat
     assert ":7: stages[1].model: " in message
     assert f"the {stage} stage (stage 2) cannot handle {{arch: torchvision, name: " in message
     assert "REASON" in message
+
+
+def test_the_refusal_table_names_measured_failures_only():
+    """Every entry is a model of the benchmark's list and a stage it failed there."""
+    import re
+
+    from edgekd.models.specs import KNOWN_FAILURES
+    from tests.conftest import ROOT
+
+    doc = (ROOT / "docs" / "benchmarks" / "named_models.md").read_text()
+    failed = set(re.findall(r"^- (\w+) `([\w.]+)`, (\w+):", doc, flags=re.M))
+    listed = {
+        (arch, name, stage) for (arch, name), stages in KNOWN_FAILURES.items() for stage in stages
+    }
+    assert listed and listed <= failed
