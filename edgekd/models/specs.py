@@ -132,16 +132,21 @@ _TORCHVISION_NAMES = (
 TORCHVISION_CLASSIFIERS = tuple(_TORCHVISION_NAMES.split())
 
 
-@MODEL_CONFIGS.register("torchvision")
-class TorchvisionConfig(Strict):
-    """Any torchvision classification builder by name, untrained (weights come from the
-    stage's `weights:` file): `{arch: torchvision, name: efficientnet_b0}`."""
+class NamedModelConfig(Strict):
+    """A model a library builds by name (its subclasses check the name against the library's
+    list), untrained: weights come from the stage's `weights:` file."""
 
-    name: str = Field(description="A torchvision.models builder (`list_models()` gives them).")
+    name: str = Field(description="The model's name in its library's list of models.")
     options: dict[str, object] = Field(
         default_factory=dict,
-        description="Keyword arguments of the builder (dropout, stochastic_depth_prob, ...).",
+        description="Keyword arguments of the library's builder (dropout rates, ...).",
     )
+
+
+@MODEL_CONFIGS.register("torchvision")
+class TorchvisionConfig(NamedModelConfig):
+    """Any torchvision classification builder by name: `{arch: torchvision, name:
+    efficientnet_b0}` (`torchvision.models.list_models()` gives the names)."""
 
     @field_validator("name")
     @classmethod
@@ -164,16 +169,10 @@ def timm_names() -> frozenset[str]:
 
 
 @MODEL_CONFIGS.register("timm")
-class TimmConfig(Strict):
-    """Any timm model by name, untrained (weights come from the stage's `weights:` file), built
-    exportable (no ONNX-hostile ops) for the data's channels and classes: `{arch: timm, name:
-    resnet10t}`. Needs the extra: `pip install 'edgekd[timm]'`."""
-
-    name: str = Field(description="A timm model name (`timm.list_models()` gives them).")
-    options: dict[str, object] = Field(
-        default_factory=dict,
-        description="Keyword arguments of timm.create_model (drop_rate, drop_path_rate, ...).",
-    )
+class TimmConfig(NamedModelConfig):
+    """Any timm model by name, built exportable (no ONNX-hostile ops) for the data's channels
+    and classes: `{arch: timm, name: resnet10t}` (`timm.list_models()` gives the names; options
+    go to timm.create_model). Needs the extra: `pip install 'edgekd[timm]'`."""
 
     @field_validator("name")
     @classmethod
