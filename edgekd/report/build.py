@@ -108,6 +108,20 @@ def fastest(
     return min(ok, key=lambda r: r["median_ms"]) if ok else None
 
 
+def fastest_per_target(report: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """target → role → `fastest` row of that role there, for every target and role with a
+    measured row that passed its check."""
+    rows = report["latency"]
+    passed = [r for r in rows if r["status"] == "ok" and r.get("check", {}).get("passed", True)]
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for target in dict.fromkeys(r["target"] for r in passed):
+        roles = dict.fromkeys(r["model"] for r in passed if r["target"] == target)
+        out[target] = {
+            role: row for role in roles if (row := fastest(rows, role, target)) is not None
+        }
+    return out
+
+
 def summarize(models: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Teacher vs final model: accuracy, size, and latency (onnxruntime and best runtime)."""
     by_role = {m["role"]: m for m in models}

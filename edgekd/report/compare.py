@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from edgekd.contracts import Role
-from edgekd.report.plots import fastest_per_target
+from edgekd.report.build import fastest_per_target
 
 # (what, higher is better) of the numbers compared; None: neither (a count, a time to run)
 BETTER_HIGH = {"test_acc": True, "params": False, "bytes": False, "peak_activation_bytes": False}

@@ -17,7 +17,7 @@ from typing import Any
 
 from edgekd.contracts import Role
 from edgekd.errors import EdgeKDError
-from edgekd.report.build import SCHEMA_VERSION
+from edgekd.report.build import SCHEMA_VERSION, fastest, fastest_per_target
 
 # What a baseline comparison uses when no tolerance is given (printed when applied).
 BASELINE_DEFAULTS = {
@@ -143,23 +143,14 @@ class Relative:
 def relative_latency(report: dict[str, Any]) -> dict[str, Relative]:
     """Per target: the final model's fastest passed row over the teacher's FP32 row in the same
     runtime (else the teacher's fastest row there), with the ratio's relative uncertainty."""
-    ok = [
-        r
-        for r in report.get("latency", [])
-        if r["status"] == "ok" and r.get("check", {}).get("passed", True)
-    ]
+    rows = report.get("latency", [])
+    fp32 = [r for r in rows if r["precision"] == "fp32"]
     out: dict[str, Relative] = {}
-    for target in dict.fromkeys(r["target"] for r in ok):
-        rows = [r for r in ok if r["target"] == target]
-        finals = [r for r in rows if r["model"] == Role.FINAL]
-        teachers = [r for r in rows if r["model"] == Role.TEACHER]
-        if not finals or not teachers:
+    for target, roles in fastest_per_target({"latency": rows}).items():
+        final, teacher = roles.get(Role.FINAL), roles.get(Role.TEACHER)
+        if final is None or teacher is None:
             continue
-        final = min(finals, key=lambda r: r["median_ms"])
-        same = [
-            t for t in teachers if t["runtime"] == final["runtime"] and t["precision"] == "fp32"
-        ]
-        reference = min(same or teachers, key=lambda r: r["median_ms"])
+        reference = fastest(fp32, Role.TEACHER, target, final["runtime"]) or teacher
         noise = math.hypot(
             final.get("ci95_ms", 0.0) / final["median_ms"],
             reference.get("ci95_ms", 0.0) / reference["median_ms"],

@@ -14,6 +14,7 @@ from markupsafe import Markup
 
 from edgekd.contracts import Role
 from edgekd.report import plots
+from edgekd.report.build import fastest_per_target
 from edgekd.report.markdown import skipped_by_reason
 
 TEMPLATE = """<!doctype html>
@@ -179,7 +180,7 @@ def _check(row: dict[str, Any]) -> str:
 
 def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Teacher and final model: their numbers, and their fastest row on each target."""
-    fastest = plots.fastest_per_target(report)
+    fastest = fastest_per_target(report)
     rows = []
     for role in (Role.TEACHER, Role.FINAL):
         s = report["summary"][role]
@@ -223,7 +224,7 @@ def warnings(report: dict[str, Any]) -> list[str]:
             )
     for target, reason, what in skipped_by_reason(report["latency"]):
         out.append(f"{target}: not measured ({len(what)} rows): {reason}")
-    for target, roles in plots.fastest_per_target(report).items():
+    for target, roles in fastest_per_target(report).items():
         final, fp32 = roles.get(Role.FINAL), roles.get(Role.STUDENT_FP32)
         if final and fp32 and fp32["median_ms"] < final["median_ms"]:
             out.append(

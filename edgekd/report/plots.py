@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter
 
 from edgekd.contracts import Role
+from edgekd.report.build import fastest_per_target
 
 ROLE_COLOURS: dict[str, str] = {
     Role.TEACHER: "#1f77b4",
@@ -42,18 +43,6 @@ def _log_x(ax: Any) -> None:
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
     ax.tick_params(axis="x", which="minor", labelsize=6)
-
-
-def fastest_per_target(report: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
-    """target → role → the fastest measured row that passed its check."""
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    for row in report["latency"]:
-        if row["status"] != "ok" or not row.get("check", {}).get("passed", True):
-            continue
-        best = out.setdefault(row["target"], {}).get(row["model"])
-        if best is None or row["median_ms"] < best["median_ms"]:
-            out[row["target"]][row["model"]] = row
-    return out
 
 
 def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
