@@ -7,6 +7,11 @@ if [ ! -x /usr/sbin/sshd ] && ! command -v sshd >/dev/null 2>&1; then
   apt_install openssh-server openssh-client ||
     echo "edgekd: could not install openssh-server; the SSH tests will be skipped" >&2
 fi
+# tests/report/test_html_browser.py opens report.html in Debian's headless Chromium.
+if ! command -v chromium >/dev/null 2>&1; then
+  apt_install chromium ||
+    echo "edgekd: could not install chromium; the browser test of report.html will be skipped" >&2
+fi
 ruff format --check edgekd tests benchmarks
 ruff check edgekd tests benchmarks
 mypy
