@@ -23,6 +23,7 @@ from edgekd.runners.targets import (
 )
 
 RANDOM_IMAGES = 64
+RANDOM_SEED = 0  # random check images are the same in every run
 
 
 def load_target(path: Path) -> TargetProfile:
@@ -55,8 +56,11 @@ def restrict(
     return target.model_copy(update={key: [w for w in listed if w in wanted]})
 
 
-def check_images(model: Path, inputs: Path | None) -> tuple[np.ndarray, str]:
-    """The images every runtime is checked on: the user's preprocessed .npy, else random ones."""
+def check_images(
+    model: Path, inputs: Path | None, count: int | None = None
+) -> tuple[np.ndarray, str]:
+    """The images every runtime is checked on: the user's preprocessed .npy, else `count`
+    random ones (default: the file's fixed batch, or RANDOM_IMAGES)."""
     if inputs is not None:
         try:
             images = np.load(inputs, allow_pickle=False)
@@ -64,9 +68,9 @@ def check_images(model: Path, inputs: Path | None) -> tuple[np.ndarray, str]:
             raise EdgeKDError(f"--inputs {inputs}: not a .npy array ({exc})") from None
         return np.ascontiguousarray(images, dtype=np.float32), str(inputs)
     _, dims = onnx_input(model)
-    batch = dims[0] or RANDOM_IMAGES
+    batch = count or dims[0] or RANDOM_IMAGES
     shape = (batch, *(d or 1 for d in dims[1:]))
-    images = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    images = np.random.default_rng(RANDOM_SEED).standard_normal(shape).astype(np.float32)
     return images, "random inputs (pass --inputs images.npy for real, preprocessed images)"
 
 

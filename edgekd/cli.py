@@ -1,5 +1,5 @@
-"""The command line: edgekd run | validate | search | profile | bench | targets | deploy | report
-| check."""
+"""The command line: edgekd run | validate | search | profile | bench | optimize | targets | deploy
+| report | check."""
 
 from __future__ import annotations
 
@@ -231,6 +231,33 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
     return 0 if ok and all(r["check"]["passed"] for r in ok) else 1
 
 
+def _optimize(args: argparse.Namespace, console: Console) -> int:
+    from edgekd.artifacts import write_json
+    from edgekd.export.optimize import BenchSpec, OptimizeJob, default_tolerance, optimize, render
+    from edgekd.runners.base import MeasureProtocol
+
+    tolerance = default_tolerance()
+    given = {"max_abs_diff": args.max_abs_diff, "top1_agreement": args.min_top1}
+    try:  # the flags override the export stage's INT8 gate, checked by its own model
+        tolerance = tolerance.model_validate(
+            tolerance.model_dump() | {k: v for k, v in given.items() if v is not None}
+        )
+    except ValueError as exc:
+        raise EdgeKDError(f"--max-abs-diff / --min-top1: {exc}") from None
+    bench = None
+    if not args.no_bench:
+        protocol = MeasureProtocol(args.warmup, args.iterations, args.min_seconds, 1, args.threads)
+        bench = BenchSpec(args.target or BenchSpec().targets, args.runtime, protocol, args.rounds)
+    out = args.out or args.model.with_name(f"{args.model.stem}_optimized.onnx")
+    job = OptimizeJob(args.model, out, args.inputs, tolerance, args.int8_weights, bench)
+    result = optimize(job)
+    render(result, console)
+    if args.json:
+        write_json(args.json, result)
+        console.print(f"result written to {args.json}", highlight=False)
+    return 0
+
+
 def _targets(args: argparse.Namespace, console: Console) -> int:
     from edgekd.bench import describe_targets
 
@@ -361,6 +388,57 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--workdir", type=Path, help="TensorRT engine cache (.edgekd-engines)")
     bench.add_argument("--out", type=Path, help="write the rows as JSON here")
     bench.set_defaults(func=_bench)
+
+    from edgekd.export.optimize import BenchSpec  # its defaults, kept in one place
+
+    optimize_rounds = BenchSpec().rounds
+    opt = sub.add_parser(
+        "optimize",
+        help="edgekd's exact Q/DQ rewrite for an INT8 ONNX file another tool made (NNCF, "
+        "onnxruntime, ModelOpt), checked against it, with latency before and after",
+    )
+    opt.add_argument("model", type=Path, help="a Q/DQ ONNX file (QuantizeLinear/DequantizeLinear)")
+    opt.add_argument(
+        "--out", "-o", type=Path, help="the result (default MODEL_optimized.onnx beside MODEL)"
+    )
+    opt.add_argument(
+        "--inputs", type=Path, help=".npy of preprocessed images to check on (default: random)"
+    )
+    opt.add_argument(
+        "--max-abs-diff",
+        type=float,
+        help="largest output gap allowed (default: export's INT8 gate)",
+    )
+    opt.add_argument(
+        "--min-top1", type=float, help="least top-1 agreement, %% (default: export's INT8 gate)"
+    )
+    opt.add_argument(
+        "--int8-weights",
+        choices=["auto", "int8", "uint8"],
+        default="auto",
+        help="weight type of the result; auto: uint8 on x86 CPUs without VNNI (as export does)",
+    )
+    opt.add_argument(
+        "--target", type=Path, action="append", help="targets/*.yaml (default cpu-x86; repeatable)"
+    )
+    opt.add_argument("--runtime", action="append", help="only this runtime (repeatable)")
+    opt.add_argument("--no-bench", action="store_true", help="do not time the two files")
+    opt.add_argument("--warmup", type=int, default=protocol.warmup, help="untimed runs first")
+    opt.add_argument(
+        "--iterations", type=int, default=protocol.iterations, help="at least this many runs"
+    )
+    opt.add_argument(
+        "--min-seconds", type=float, default=protocol.min_seconds, help="and at least this long"
+    )
+    opt.add_argument("--threads", type=int, help="CPU threads (default: the target's, or all)")
+    opt.add_argument(
+        "--rounds",
+        type=int,
+        default=optimize_rounds,
+        help="time each row this many times, the two files interleaved, each in a fresh process",
+    )
+    opt.add_argument("--json", type=Path, help="write the result as JSON here")
+    opt.set_defaults(func=_optimize)
 
     targets = sub.add_parser("targets", help="list target profiles and whether each is reachable")
     targets.add_argument("profiles", type=Path, nargs="*", help="default: targets/*.yaml")

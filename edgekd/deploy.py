@@ -49,21 +49,43 @@ def takes_qdq(target: TargetProfile) -> bool:
     return any(get_runner(r).takes == "onnx_qdq" for r in target.runtimes)
 
 
+def recipe_precision(target: TargetProfile, precision: str) -> str:
+    """The precision the engines of a `precision` model file are built at on `target`."""
+    precisions = ["fp16", "fp32"] if precision == "fp32" else [precision]
+    return next((p for p in precisions if p in target.precisions), precisions[0])
+
+
+def recipe_dla_cores(target: TargetProfile, precision: str) -> list[int]:
+    """The DLA cores that get an engine beside the GPU's (DLA builds FP16 and INT8 only)."""
+    chosen = recipe_precision(target, precision)
+    return trtexec.dla_cores(target) if chosen in trtexec.DLA_PRECISIONS else []
+
+
 def recipes(
     target: TargetProfile, precision: str, input_name: str, shape: list[int]
 ) -> dict[str, str]:
-    """build.sh and run.sh for targets whose engines are built on the device (trtexec)."""
+    """build.sh and run.sh for targets whose engines are built on the device (trtexec): the GPU
+    engine, and one engine per DLA core the profile asks for (`dla_rows`), each timed."""
     if not builds_on_device(target):
         return {}
     binary = target.connection.trtexec if target.connection else "trtexec"
-    precisions = ["fp16", "fp32"] if precision == "fp32" else [precision]
-    chosen = next((p for p in precisions if p in target.precisions), precisions[0])
-    engine = f"model.{chosen}.engine"
-    build = trtexec.build_command(
-        binary, MODEL, engine, chosen, input_name, shape, 1, 1, "timing.cache"
-    )
-    run = trtexec.time_command(binary, engine, input_name, shape, 1, 1000, 5, 500, "times.json")
-    return {"build.sh": trtexec.build_script([build]), "run.sh": trtexec.build_script([run])}
+    chosen = recipe_precision(target, precision)
+    builds, runs = [], []
+    for core in [None, *recipe_dla_cores(target, precision)]:
+        tag = "" if core is None else f".{trtexec.dla_device(core)}"
+        engine = f"model.{chosen}{tag}.engine"
+        builds.append(
+            trtexec.build_command(
+                binary, MODEL, engine, chosen, input_name, shape, 1, 1, "timing.cache",
+                core, target.dla_gpu_fallback,
+            )
+        )  # fmt: skip
+        runs.append(
+            trtexec.time_command(
+                binary, engine, input_name, shape, 1, 1000, 5, 500, f"times{tag}.json", core
+            )
+        )
+    return {"build.sh": trtexec.build_script(builds), "run.sh": trtexec.build_script(runs)}
 
 
 def bundle(run_dir: Path, target: TargetProfile, source: str, out: Path) -> Path:
@@ -96,16 +118,27 @@ def bundle(run_dir: Path, target: TargetProfile, source: str, out: Path) -> Path
                     "sha256": sha256_path(model),
                     "precision": final.precision,
                     "builder_flags": build_flags(final.precision) if scripts else None,
+                    "dla": _dla_entry(target, final.precision) if scripts else None,
                     "input": {"name": name, "shape": dims},
                     **final.model_dump(include={"params", "macs", "bytes", "test_acc"}),
                 },
             },
         )
-        write_text(tmp / "README.txt", instructions(target, bool(scripts)))
+        write_text(tmp / "README.txt", instructions(target, bool(scripts), final.precision))
     return out
 
 
-def instructions(target: TargetProfile, tensorrt: bool) -> str:
+def _dla_entry(target: TargetProfile, precision: str) -> dict[str, Any] | None:
+    cores = recipe_dla_cores(target, precision)
+    if not cores:
+        return None
+    engines = [
+        f"model.{recipe_precision(target, precision)}.{trtexec.dla_device(c)}.engine" for c in cores
+    ]
+    return {"cores": cores, "gpu_fallback": target.dla_gpu_fallback, "engines": engines}
+
+
+def instructions(target: TargetProfile, tensorrt: bool, precision: str) -> str:
     lines = [
         f"edgekd bundle for {target.name} ({target.description})",
         "",
@@ -119,6 +152,13 @@ def instructions(target: TargetProfile, tensorrt: bool) -> str:
             "build.sh         builds the TensorRT engine on the device (engines are specific to",
             "                 the GPU and TensorRT version, so build it where it runs)",
             "run.sh           times the engine with trtexec",
+        ]
+        fallback = ", layers it cannot run on the GPU" if target.dla_gpu_fallback else ""
+        for core in recipe_dla_cores(target, precision):
+            lines += [
+                f"                 both also do DLA core {core}: --useDLACore={core}{fallback}",
+            ]
+        lines += [
             "",
             "On the device:  tar xzf BUNDLE.tar.gz && cd BUNDLE && sh build.sh && sh run.sh",
         ]

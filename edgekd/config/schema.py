@@ -146,6 +146,13 @@ class DataConfig(Strict):
         description="Images held out of the training split for "
         "model selection (Fashion-MNIST; ImageFolder uses root/val).",
     )
+    split_seed: int | None = Field(
+        None,
+        ge=0,
+        description="Seed of the validation hold-out and the train/test subsets; null: the "
+        "pipeline's seed. Fix it to compare training seeds on one split (and to train extra "
+        "teachers that never saw the student's validation images).",
+    )
     train_subset: int | None = Field(
         None,
         gt=0,
@@ -375,6 +382,22 @@ class TargetProfile(Strict):
     connection: Connection | None = Field(None, description="Remote devices only.")
     power: Power | None = Field(
         None, description="Remote Jetson power set-up, applied only when given."
+    )
+    dla_cores: int = Field(
+        0,
+        ge=0,
+        description="NVDLA cores on the module (data sheet); 0: none. With cores, TensorRT "
+        "(trtexec) also builds DLA engines, each a row beside the GPU row (`dla_rows`).",
+    )
+    dla_rows: Literal["first", "each", "none"] = Field(
+        "first",
+        description="DLA rows: first = one on core 0 (trtexec --useDLACore=0; the cores are "
+        "identical), each = one per core, none = GPU rows only.",
+    )
+    dla_gpu_fallback: bool = Field(
+        True,
+        description="Layers DLA cannot run go to the GPU (trtexec --allowGPUFallback); false: "
+        "a model with such a layer fails to build for DLA.",
     )
 
 

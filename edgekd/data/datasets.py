@@ -104,7 +104,7 @@ def load_splits(cfg: DataConfig, seed: int, root: str | None = None) -> Splits:
 @lru_cache(maxsize=4)
 def _load_splits(cfg_json: str, seed: int, root: str | None) -> Splits:
     cfg = DataConfig.model_validate(json.loads(cfg_json))
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed if cfg.split_seed is None else cfg.split_seed)
     if cfg.dataset == "fashion-mnist":
         try:
             directory = fashion_mnist.locate(root)

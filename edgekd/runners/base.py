@@ -56,6 +56,7 @@ class Job:
     device: str = "cpu"  # cpu | cuda
     workdir: Path | None = None  # where a runner may cache built engines
     max_batch: int = 1  # largest batch the session must accept (checks run in batches)
+    dla_core: int | None = None  # a DLA core of the device instead of its GPU (trtexec only)
 
 
 @dataclass

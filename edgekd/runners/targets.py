@@ -15,6 +15,7 @@ import numpy as np
 
 from edgekd.config.schema import TargetProfile
 from edgekd.errors import EdgeKDError
+from edgekd.runners import trtexec
 from edgekd.runners.base import (
     DEFAULT_GATE,
     Job,
@@ -129,12 +130,28 @@ def variants(
                 ),
             )
             continue
+        cores = trtexec.dla_cores(target) if runner.remote == "trtexec" else []
         for precision in allowed:
             for batch in batches:
                 reason = None
                 if fixed is not None and batch != fixed:
                     reason = f"the ONNX file has a fixed batch of {fixed}"
                 yield {**row, "precision": precision, "batch": batch}, reason
+                for core in cores:  # beside the GPU row, labelled so a report can tell them apart
+                    dla = {"device": trtexec.dla_device(core), "dla_core": core}
+                    yield (
+                        {**row, "precision": precision, "batch": batch, **dla},
+                        reason or _dla_unfit(precision, device),
+                    )
+
+
+def _dla_unfit(precision: str, device: str) -> str | None:
+    """Why a DLA row cannot be measured, or None."""
+    if precision not in trtexec.DLA_PRECISIONS:
+        return f"DLA runs {' and '.join(trtexec.DLA_PRECISIONS)} only, not {precision}"
+    if device != "remote":
+        return "DLA engines are built by trtexec on a remote-ssh device; locally, GPU rows only"
+    return None
 
 
 def measure_target(
@@ -191,6 +208,7 @@ def _more_rounds(
     for _ in range(plan.rounds - 1):
         for (row, (model, images, max_batch)), seen in zip(measured, rounds, strict=True):
             key = {k: row[k] for k in ("target", "kind", "model", "runtime", "precision", "batch")}
+            key.update({k: row[k] for k in ("dla_core",) if k in row})
             again = _measure_one(
                 target, model, key, plan, images, references[model.role], max_batch
             )
@@ -242,6 +260,7 @@ def _measure_one(
         device=device,
         workdir=plan.workdir,
         max_batch=max_batch,
+        dla_core=row.get("dla_core"),
     )
     try:
         if device == "remote":

@@ -120,7 +120,8 @@ class BenchStage(Stage):
 
 def row_line(row: dict[str, Any]) -> str:
     """One latency row as a log line."""
-    head = f"{row['model']:<13} {row['runtime']:<15} {row['precision']:<4} b{row['batch']:<3}"
+    runtime = row["runtime"] + (f"/{row['device']}" if "dla_core" in row else "")  # on a DLA
+    head = f"{row['model']:<13} {runtime:<15} {row['precision']:<4} b{row['batch']:<3}"
     if row["status"] != "ok":
         return f"{head} {row['status']}: {row['reason']}"
     check = row["check"]

@@ -4,6 +4,11 @@ It accepts the arguments edgekd passes and writes what trtexec writes, in trtexe
 (build log facts, `--exportOutput` JSON, `--exportTimes` JSON, the performance summary), with
 outputs computed by onnxruntime from the ONNX file the "engine" was built from, so the check
 against PyTorch is real. `FAKE_TRT_VERSION` in a file beside it simulates a TensorRT upgrade.
+
+DLA builds (`--useDLACore=N`) follow TensorRT's rules for DLA: FP16 or INT8 only, min = opt =
+max shapes, and the engine runs only at the shape it was built for; the build log lists the
+layers on DLA and on the GPU as TensorRT prints them. Every call's arguments are appended to
+`calls.jsonl` beside it, so the tests can read what reached the "device".
 """
 
 import json
@@ -14,21 +19,48 @@ from pathlib import Path
 import numpy as np
 
 
+def fail(message: str) -> int:
+    print(f"[E] {message}")
+    return 1
+
+
+def build(args: dict[str, str]) -> int:
+    assert "maxShapes" in args and "timingCacheFile" in args, args
+    shapes = [args[k].split(":")[1] for k in ("minShapes", "optShapes", "maxShapes")]
+    engine = {"onnx": str(Path(args["onnx"]).resolve()), "shapes": shapes, "dla_core": None}
+    if "useDLACore" in args:
+        if "fp16" not in args and "int8" not in args:
+            return fail("DLA supports only FP16 and INT8 precision")
+        if len(set(shapes)) != 1:
+            return fail("DLA does not support dynamic shapes: min, opt and max must be equal")
+        engine["dla_core"] = int(args["useDLACore"])
+        print("[I] [TRT] ---------- Layers Running on DLA ----------")
+        print("[I] [TRT] [DlaLayer] {ForeignNode[/features/features.0/Conv.../head/Gemm]}")
+        print("[I] [TRT] ---------- Layers Running on GPU ----------")
+        if "allowGPUFallback" in args:  # the reshape after the head: a GPU layer
+            print("[I] [TRT] [GpuLayer] SHUFFLE: reshape_after_/head/Gemm")
+    Path(args["saveEngine"]).write_text(json.dumps(engine))
+    return 0
+
+
 def main(argv: list[str]) -> int:
     args = dict(a[2:].split("=", 1) if "=" in a else (a[2:], "") for a in argv)
+    with Path(__file__).with_name("calls.jsonl").open("a") as log:
+        log.write(json.dumps(argv) + "\n")
     version_file = Path(__file__).with_name("FAKE_TRT_VERSION")
     version = version_file.read_text().strip() if version_file.exists() else "10.3.0"
     print(
         f"[I] TensorRT version: {version}\n[I] Selected Device: Orin\n[I] Compute Capability: 8.7"
     )
-    if "onnx" in args:  # build
-        assert "maxShapes" in args and "timingCacheFile" in args, args
-        Path(args["saveEngine"]).write_text(str(Path(args["onnx"]).resolve()))
-        return 0
+    if "onnx" in args:
+        return build(args)
     import onnxruntime as ort
 
-    session = ort.InferenceSession(Path(args["loadEngine"]).read_text())
+    engine = json.loads(Path(args["loadEngine"]).read_text())
     name, dims = args["shapes"].split(":")
+    if engine["dla_core"] is not None and dims != engine["shapes"][0]:
+        return fail(f"DLA engine built for {engine['shapes'][0]} cannot run {dims}")
+    session = ort.InferenceSession(engine["onnx"])
     shape = [int(d) for d in dims.split("x")]
     if "loadInputs" in args:
         x = np.fromfile(args["loadInputs"].split(":", 1)[1], np.float32).reshape(shape)

@@ -237,6 +237,43 @@ def test_remote_tensorrt_checks_in_chunks_the_engine_accepts(trtexec_device, tin
     assert row["status"] == "ok" and row["precision"] == "fp16" and row["check"]["images"] == 150
 
 
+def test_remote_tensorrt_times_each_dla_core_beside_the_gpu(trtexec_device, tiny):
+    target, folder = trtexec_device
+    target = target.model_copy(update={"dla_cores": 2, "dla_rows": "each"})
+    path, images, logits = tiny
+    many = np.concatenate([images] * 5)  # 150: a DLA engine of batch 100 checks 100 + 50 (+ 50)
+    plan = BenchPlan(protocol=MeasureProtocol(warmup=1, iterations=10, min_seconds=0), batches=[1])
+    ref = {"final": Reference(np.concatenate([logits] * 5), "torch")}
+    gpu, *dla = measure_target(
+        target, "d.yaml", [BenchModel("final", path, "int8")], plan, many, ref
+    )
+    assert gpu["status"] == "ok" and gpu["device"] == "cuda (Orin)" and "dla_core" not in gpu
+    for core, row in enumerate(dla):
+        assert row["status"] == "ok", row
+        assert row["device"] == f"dla{core}" and row["dla_core"] == core  # labelled rows
+        assert row["check"]["passed"] and row["check"]["images"] == 150
+        facts = row["extra"]["dla"]
+        assert facts == {"core": core, "gpu_fallback": True, "layers": {"dla": 1, "gpu": 1}}
+    calls = [json.loads(line) for line in (folder / "calls.jsonl").read_text().splitlines()]
+    builds = [c for c in calls if any(a.startswith("--onnx=") for a in c)]
+    assert len(builds) == 5  # the GPU engine; per core one to check (batch 100), one to time (1)
+    for core in (0, 1):
+        mine = [c for c in builds if f"--useDLACore={core}" in c]
+        assert all("--allowGPUFallback" in c and "--int8" in c for c in mine)
+        assert sorted(next(a for a in c if a.startswith("--minShapes")) for c in mine) == [
+            "--minShapes=input:100x1x28x28",
+            "--minShapes=input:1x1x28x28",
+        ]
+    checks = [c for c in calls if any(a.startswith("--loadInputs") for a in c)]
+    assert [a for c in checks for a in c if a.startswith("--shapes")] == [
+        "--shapes=input:100x1x28x28", "--shapes=input:50x1x28x28",  # GPU: any batch to 100
+        *["--shapes=input:100x1x28x28"] * 4,  # DLA: only its own, the last chunk filled up
+    ]  # fmt: skip
+    timed = [c for c in calls if any(a.startswith("--exportTimes") for a in c)]
+    cores = [next((a for a in c if a.startswith("--useDLACore")), None) for c in timed]
+    assert cores == [None, "--useDLACore=0", "--useDLACore=1"]
+
+
 def test_deploy_pushes_the_bundle_and_builds_it_on_the_device(trtexec_device, tiny):
     from edgekd.artifacts import Artifact, sha256_path, write_json
     from edgekd.contracts import ExportedModel, ModelsIndex, Role
@@ -260,11 +297,16 @@ def test_deploy_pushes_the_bundle_and_builds_it_on_the_device(trtexec_device, ti
         onnx_dir.parent / "manifest.json",
         {"stage": "export", "status": "done", "outputs": {"onnx": output.to_json()}},
     )
-    target = target.model_copy(update={"precisions": ["fp16"]})
+    target = target.model_copy(update={"precisions": ["fp16"], "dla_cores": 1})
     result = deploy(folder / "run", target, "d.yaml", None)
     assert result["pushed"] and result["engine"]["tensorrt"] == "10.3.0"
     on_device = Path(result["remote_dir"])
     assert (on_device / "model.onnx").read_bytes() == path.read_bytes()
     assert (on_device / "model.fp16.engine").exists()  # build.sh ran there
+    assert (on_device / "model.fp16.dla0.engine").exists()  # and built the DLA engine beside it
     assert "--fp16" in (on_device / "build.sh").read_text()
-    assert json.loads((on_device / "manifest.json").read_text())["model"]["precision"] == "fp32"
+    manifest = json.loads((on_device / "manifest.json").read_text())["model"]
+    assert manifest["precision"] == "fp32"
+    assert manifest["dla"] == {
+        "cores": [0], "gpu_fallback": True, "engines": ["model.fp16.dla0.engine"]
+    }  # fmt: skip
