@@ -122,10 +122,14 @@ stages:
     train: {{epochs: {epochs}, lr: 0.1, batch_size: 64}}
   - stage: qat
     calibration: {calibration}
+    qat: always
+    timing: null
     train: {{epochs: 0.2, batch_size: 64}}
   - stage: prune
     ratio: 0.5
     round_to: 2
+    require_speedup: false
+    timing: null
     calibration: {calibration}
     train: {{epochs: 0.2, batch_size: 64}}
 """

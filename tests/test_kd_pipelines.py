@@ -48,11 +48,15 @@ STUDENT = """
 QAT = """
   - stage: qat
     calibration: calibration/fashion-mnist-train-256.yaml
+    qat: always
+    timing: null
     train: {epochs: 0.5, lr: 0.005, batch_size: 64}
 """
 PRUNE = """
   - stage: prune
     ratio: 0.25
+    require_speedup: false
+    timing: null
     calibration: calibration/fashion-mnist-train-256.yaml
     bn_recalibration_images: 256
     train: {epochs: 0.5, lr: 0.005, batch_size: 64}

@@ -54,6 +54,28 @@ def store_int8_weights(path: Path) -> None:
         onnx.checker.check_model(str(tmp), full_check=True)
 
 
+def export_deployable(
+    model: nn.Module, example: torch.Tensor, path: Path
+) -> tuple[Path, Path | None, nn.Module]:
+    """`model` as the export stage writes it: an NNCF-quantized model as NNCF's Q/DQ file with
+    int8 weights (`<stem>_qdq.onnx`, what TensorRT takes) and edgekd's exact rewrite of it at
+    `path` (what CPU runtimes take, uint8 weights where this CPU needs them); a float model as
+    plain ONNX at `path`. Returns the file, the Q/DQ file (None for FP32) and the PyTorch model
+    the files must agree with."""
+    from edgekd.export.qdq import optimize_qdq, u8s8_saturates
+    from edgekd.quant import nncf_qat
+
+    if not nncf_qat.is_quantized(model):
+        export_onnx(model, example, path)
+        return path, None, model
+    stripped = nncf_qat.strip(model, example)
+    portable = path.with_name(f"{path.stem}_qdq.onnx")
+    export_onnx(stripped, example, portable)
+    store_int8_weights(portable)
+    optimize_qdq(portable, path, u8s8_saturates())  # the export stage's `int8_weights: auto`
+    return path, portable, stripped
+
+
 def onnx_logits(
     path: Path, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 500
 ) -> np.ndarray:

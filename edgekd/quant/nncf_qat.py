@@ -50,15 +50,17 @@ def quantize(
     batch_size: int,
     device: torch.device,
     preset: str = "performance",
+    ignored: list[str] | None = None,
 ) -> nn.Module:
-    """INT8 fake-quantized copy of `model`, ranges calibrated on `calibration` (NNCF PTQ).
+    """INT8 fake-quantized copy of `model`, ranges calibrated on `calibration` (NNCF PTQ with
+    its fast bias correction); the NNCF nodes in `ignored` stay float (quant/ladder.py).
 
     Under torchrun rank 0 alone calibrates; the other ranks insert the same quantizers from its
     config and load its ranges and weights, so every rank starts QAT from one calibration."""
 
     def calibrate() -> nn.Module:
         inputs = [b.images.to(device) for b in batches(calibration, splits, batch_size)]
-        return quantize_inputs(model, inputs, device, preset)
+        return quantize_inputs(model, inputs, device, preset, ignored)
 
     def share(quantized: nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         return config(quantized), {k: v.cpu() for k, v in quantized.state_dict().items()}
@@ -73,7 +75,11 @@ def quantize(
 
 
 def quantize_inputs(
-    model: nn.Module, inputs: list[torch.Tensor], device: torch.device, preset: str = "performance"
+    model: nn.Module,
+    inputs: list[torch.Tensor],
+    device: torch.device,
+    preset: str = "performance",
+    ignored: list[str] | None = None,
 ) -> nn.Module:
     """`quantize` on ready input batches (a part of a network fed other tensors than images)."""
     import nncf
@@ -83,6 +89,8 @@ def quantize_inputs(
         nncf.Dataset(inputs),
         preset=nncf.QuantizationPreset(preset),
         subset_size=len(inputs),  # NNCF counts dataset items, here batches
+        fast_bias_correction=True,
+        ignored_scope=nncf.IgnoredScope(names=list(ignored)) if ignored else None,
     )
 
 

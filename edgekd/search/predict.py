@@ -103,24 +103,16 @@ def export_file(model: Any, inputs: list[Any], precision: str, path: Path) -> tu
     it must agree with."""
     import torch
 
-    from edgekd.export.onnx import export_onnx, store_int8_weights
-    from edgekd.export.qdq import optimize_qdq
+    from edgekd.export.onnx import export_deployable
     from edgekd.quant import nncf_qat
-    from edgekd.stages.export import ExportConfig
 
     model = model.cpu().eval()
     example = torch.zeros(1, *inputs[0].shape[1:])
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         if precision == "int8":
-            quantized = nncf_qat.quantize_inputs(model, inputs, torch.device("cpu"))
-            model = nncf_qat.strip(quantized, example)
-            portable = path.with_name(f"{path.stem}_qdq.onnx")
-            export_onnx(model, example, portable)
-            store_int8_weights(portable)
-            optimize_qdq(portable, path, ExportConfig().uint8_weights())  # as `export` does
-        else:
-            export_onnx(model, example, path)
+            model = nncf_qat.quantize_inputs(model, inputs, torch.device("cpu"))
+        _, _, model = export_deployable(model, example, path)
     except Exception as exc:
         raise SearchError(f"does not export: {str(exc)[:300]}") from exc
     return path, model

@@ -1,4 +1,7 @@
-"""Stage `qat`: NNCF INT8 quantization of the student, then KD fine-tuning against the teacher."""
+"""Stage `qat`: the INT8 ladder. NNCF PTQ first; past the accuracy budget, per-layer
+sensitivity and precision fallback (the worst layers stay float); KD-QAT against the teacher only
+while the budget is still missed, or when the YAML asks. Every rung's validation and test
+accuracy, and its exported model's latency on a target, go into the stage's metrics."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from edgekd.artifacts import Artifact
 from edgekd.config.loader import load_yaml, validate
 from edgekd.config.schema import CalibrationConfig, PathStr, Schedule, Strict, TrainConfig, default
 from edgekd.errors import EdgeKDError
+from edgekd.latency import TimingConfig
 from edgekd.stage import STAGES, Stage, StageContext
 
 if TYPE_CHECKING:
@@ -24,6 +28,15 @@ class QATTrain(TrainConfig):
     schedule: Schedule = default(TrainConfig, "schedule", "cosine")
 
 
+class FallbackConfig(Strict):
+    max_float_layers: int = Field(
+        4, ge=0, description="Most layers the precision fallback leaves in float (0: none)."
+    )
+    sensitivity_images: int = Field(
+        1000, gt=0, description="Validation images each layer's sensitivity is scored on."
+    )
+
+
 class QATConfig(Strict):
     calibration: PathStr = Field(
         "calibration/fashion-mnist-train-1024.yaml",
@@ -31,6 +44,26 @@ class QATConfig(Strict):
     )
     preset: Literal["performance", "mixed"] = Field(
         "performance", description="NNCF preset: symmetric everywhere, or asymmetric activations."
+    )
+    max_accuracy_drop: float | None = Field(
+        0.5,
+        ge=0,
+        description="Validation accuracy (points) INT8 may lose against FP32. Past it the "
+        "ladder climbs: sensitivity and precision fallback, then KD-QAT (qat: auto). null: no "
+        "budget; PTQ, then KD-QAT unless qat: never.",
+    )
+    qat: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="KD-QAT after PTQ and fallback: auto trains only while the drop exceeds "
+        "max_accuracy_drop (or when there is no budget); always; never.",
+    )
+    fallback: FallbackConfig = Field(
+        default_factory=FallbackConfig, description="Per-layer sensitivity and float fallback."
+    )
+    timing: TimingConfig | None = Field(
+        default_factory=TimingConfig,
+        description="Where each rung's exported model is timed; null: not timed (nor when no "
+        "target runs on this machine: the record says why).",
     )
     train: QATTrain = Field(
         default_factory=QATTrain, description="KD fine-tuning of the quantized student."
@@ -86,37 +119,41 @@ class QATStage(Stage):
     def check(self, cfg: Any, plan: Plan, index: int) -> None:
         check_calibration(plan, index, cfg.calibration)
         check_student_supports(plan, index, "qat")
+        if cfg.timing is not None:
+            from edgekd.latency import check_target
+
+            check_target(plan, cfg.timing, ("stages", index, "timing"))
 
     def run(self, ctx: StageContext, cfg: QATConfig) -> dict[str, Artifact]:
-        from edgekd import training
+        from edgekd import distributed, training
         from edgekd.distill.trainer import evaluate
         from edgekd.quant import nncf_qat
+        from edgekd.quant.climb import Ladder
 
         device, data = training.prepare(ctx.plan)
         model, meta = training.load_input_model(ctx, "student")
         splits = training.for_model(data, meta)
         if meta.get("quantization"):
             raise EdgeKDError("the student is already quantized; a pipeline has one `qat` stage")
+        model.to(device)
         ctx.metrics["fp32_test_acc"] = round(
-            evaluate(model.to(device), splits.test, splits, device, shard=True), 2
+            evaluate(model, splits.test, splits, device, shard=True), 2
         )
         cal_cfg, calibration = training.calibration_set(ctx.plan, cfg.calibration, splits)
-        quantized = nncf_qat.quantize(
-            model, calibration, splits, cal_cfg.batch_size, device, cfg.preset
-        )
-        ctx.metrics["ptq_test_acc"] = round(
-            evaluate(quantized, splits.test, splits, device, shard=True), 2
-        )
-        ctx.log(
-            f"FP32 {ctx.metrics['fp32_test_acc']:.2f}% → PTQ INT8 "
-            f"{ctx.metrics['ptq_test_acc']:.2f}% (calibrated on {len(calibration)} images)"
-        )
-        training.train(ctx, quantized, cfg.train, splits, device, "qat")
+        ladder = Ladder(ctx, cfg, model, splits, calibration, cal_cfg.batch_size, device)
+        # Rank 0 alone climbs (its PTQ runs, sensitivity and timing use no collectives); the
+        # other ranks take the chosen quantized model and the record.
+        quantized, record = distributed.once(ladder.climb, ladder.share, ladder.rebuild)
+        ctx.metrics.update(ladder=record, ptq_test_acc=record["rungs"][1]["test_acc"])
+        if record["qat"]["run"]:
+            training.train(ctx, quantized, cfg.train, splits, device, "qat")
+            ladder.after_qat(quantized, record)
         meta.update(
             quantization=nncf_qat.config(quantized),
             calibration=cal_cfg.model_dump(),
             quant_preset=cfg.preset,
+            float_layers=record["float_nodes"],
         )
         artifact = training.save_and_score(ctx, "student", quantized, meta, splits, device)
-        ctx.log(f"QAT INT8 test accuracy {ctx.metrics['test_acc']:.2f}%")
+        ctx.log(f"INT8 test accuracy {ctx.metrics['test_acc']:.2f}%")
         return {"student": artifact}

@@ -1,0 +1,207 @@
+"""The prune stage's decision, run by rank 0: how much to prune (a fixed ratio, or the amount a
+latency budget needs, prune/budget.py), which channels (the importance criterion, uniform or
+ranked by importance per MAC), and whether the pruned model is kept (measurably faster on the
+target, or the step is rejected and the student passes through unchanged)."""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from edgekd import distributed
+from edgekd.data.datasets import batches, sample
+from edgekd.errors import EdgeKDError
+from edgekd.latency import NoTarget, Timed, time_models
+from edgekd.prune import budget, depgraph, importance
+from edgekd.quant import nncf_qat
+
+if TYPE_CHECKING:
+    from edgekd.data.datasets import Splits
+    from edgekd.stage import StageContext
+    from edgekd.stages.prune import PruneConfig
+
+TIMING_BATCHES = 2  # calibration batches of 64 for the throw-away PTQ of a timed copy
+Record = dict[str, Any]
+
+
+class PruneJob:
+    def __init__(
+        self,
+        ctx: StageContext,
+        cfg: PruneConfig,
+        model: nn.Module,
+        given: nn.Module,
+        splits: Splits,
+        meta: dict[str, Any],
+    ) -> None:
+        """`model`: the float student to prune; `given`: the stage's input as loaded (INT8 when
+        quantized), the reference every timing compares with."""
+        self.ctx, self.cfg, self.model, self.given, self.splits = ctx, cfg, model, given, splits
+        self.quantized = bool(meta.get("quantization"))
+        self.float_nodes = list(meta.get("float_layers") or [])
+        self.preset = meta.get("quant_preset", "performance")
+        self.example = torch.zeros(1, *splits.input_shape)
+        self.classes = len(splits.classes)
+        self.by_cost = (cfg.allocation or cfg.default_allocation()) == "latency"
+        self.costs: dict[str, float] = {}
+
+    # -- distributed.once: rank 0 decides, the other ranks take its weights ------------------
+
+    def decide(self) -> tuple[nn.Module, Record]:
+        with distributed.alone():
+            return self._decide()
+
+    @staticmethod
+    def share(result: tuple[nn.Module, Record]) -> Any:
+        model, record = result
+        return {k: v.cpu() for k, v in model.state_dict().items()}, record
+
+    def rebuild(self, payload: Any) -> tuple[nn.Module, Record]:
+        from edgekd.models.io import load_state, resize_to_state_dict
+
+        state, record = payload
+        resize_to_state_dict(self.model, state)
+        load_state(self.model, state, "pruned student")
+        return self.model, record
+
+    # -- the decision --------------------------------------------------------------------------
+
+    def _decide(self) -> tuple[nn.Module, Record]:
+        cfg = self.cfg
+        name = cfg.importance
+        scorer = importance.IMPORTANCE.get(name)()
+        importance.prepare(name, scorer, self.model, self._labelled())
+        ignored = depgraph.classifier_layers(self.model, self.classes)
+        self.scores = importance.scores(self.model, self.example, scorer, ignored)
+        if self.by_cost:
+            self.costs = depgraph.channel_costs(self.model, self.example, self.classes)
+        self.model.zero_grad(set_to_none=True)
+        record: Record = {
+            "importance": name,
+            "allocation": "latency" if self.by_cost else "uniform",
+            "mode": "ratio" if cfg.latency_budget_ms is None else "latency_budget",
+        }
+        if cfg.latency_budget_ms is not None:
+            ratio, verdict = self._search(cfg.latency_budget_ms, record)
+            if ratio is None:
+                return self.model, record | verdict
+        else:
+            ratio, verdict = cfg.ratio, None
+        pruned = self.pruned(ratio)
+        record["ratio"] = round(ratio, 4)
+        if verdict is None:
+            verdict = self._check(pruned) if cfg.require_speedup else {"kept": True}
+        record.update(verdict)
+        if not record["kept"]:
+            return self.model, record
+        if cfg.bn_recalibration_images:
+            seed = self.ctx.plan.config.seed
+            images = sample(self.splits.train, cfg.bn_recalibration_images, seed)
+            depgraph.recalibrate_batchnorm(
+                pruned, [b.images for b in batches(images, self.splits, 256)]
+            )
+        return pruned, record
+
+    def pruned(self, ratio: float) -> nn.Module:
+        """A pruned copy of the float student."""
+        model = copy.deepcopy(self.model)
+        ratios = depgraph.allocate(self.scores, self.costs, ratio) if self.by_cost else None
+        lookup = importance.Lookup(model, self.scores)
+        return depgraph.prune_channels(
+            model, self.example, ratio, self.cfg.round_to, self.classes, lookup, ratios
+        )
+
+    def _labelled(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if not importance.needs_gradients(self.cfg.importance):
+            return []
+        images = sample(self.splits.train, importance.GRADIENT_IMAGES, self.ctx.plan.config.seed)
+        return [(b.images, b.labels) for b in batches(images, self.splits, 64)]
+
+    def _deployable(self, model: nn.Module) -> nn.Module:
+        """`model` as the final model's graph: INT8 (with the same float layers) when the
+        student is quantized; a throw-away PTQ on a few batches sets the graph, not accuracy."""
+        if not self.quantized:
+            return model
+        images = sample(self.splits.train, 64 * TIMING_BATCHES, 0)
+        inputs = [b.images for b in batches(images, self.splits, 64)]
+        return nncf_qat.quantize_inputs(
+            model, inputs, torch.device("cpu"), self.preset, self.float_nodes
+        )
+
+    def _time(self, pruned: nn.Module | None, label: str) -> tuple[Timed, Timed | None]:
+        """The unpruned student (as given) and `pruned` timed together."""
+        assert self.cfg.timing is not None
+        models = {"unpruned": self.given}
+        if pruned is not None:
+            models["pruned"] = self._deployable(pruned)
+        timed = time_models(
+            self.ctx.plan,
+            self.cfg.timing,
+            ("stages", self.ctx.index, "timing"),
+            models,
+            self.splits,
+            self.ctx.dir / "timing" / label,
+        )
+        return timed["unpruned"], timed.get("pruned")
+
+    def _pair(self, pruned: nn.Module, label: str) -> tuple[Timed, Timed]:
+        before, after = self._time(pruned, label)
+        assert after is not None
+        return before, after
+
+    def _check(self, pruned: nn.Module) -> Record:
+        """Kept only when measurably faster than the unpruned model (prune/budget.py)."""
+        if self.cfg.timing is None:
+            return {"kept": True, "why": "not timed (timing: null); kept unverified"}
+        try:
+            before, after = self._pair(pruned, "check")
+        except NoTarget as exc:
+            return {"kept": True, "why": f"not timed ({exc}); kept unverified"}
+        kept, why = budget.decide(before, after, self.cfg.min_speedup)
+        return {"kept": kept, "why": why, "before": before.to_json(), "after": after.to_json()}
+
+    def _search(self, budget_ms: float, record: Record) -> tuple[float | None, Record]:
+        """The ratio that meets the budget, and the keep decision from its probe."""
+        probes: list[tuple[Timed, Timed]] = []
+
+        def measure(ratio: float) -> tuple[Timed, Timed]:
+            pair = self._pair(self.pruned(ratio), f"probe{len(probes)}")
+            probes.append(pair)
+            self.ctx.log(
+                f"probe: {100 * ratio:.0f} % of channels → {pair[1].median_ms or 0:.4f} ms "
+                f"(unpruned {pair[0].median_ms or 0:.4f} ms)"
+            )
+            return pair
+
+        try:
+            reference = self._time(None, "reference")[0]
+        except NoTarget as exc:
+            raise EdgeKDError(f"latency_budget_ms needs a target to time on: {exc}") from None
+        if reference.median_ms is None:
+            raise EdgeKDError(f"the unpruned student could not be timed: {reference.reason}")
+        if reference.median_ms <= budget_ms:
+            why = f"the unpruned student already meets the budget ({reference.median_ms:.4f} ms)"
+            return None, {"kept": False, "why": why, "before": reference.to_json()}
+        found = budget.search_ratio(measure, reference, budget_ms, self.cfg.max_probes)
+        record["search"] = found.to_json()
+        if found.ratio is None:
+            tried = ", ".join(
+                f"{100 * p.ratio:.0f} % → {p.latency_ms:.4f} ms" for p in found.probes
+            )
+            raise EdgeKDError(
+                f"no pruning amount meets latency_budget_ms {budget_ms} on "
+                f"{reference.source}: unpruned {reference.median_ms:.4f} ms; tried {tried}. "
+                "Raise the budget, or choose a smaller student (search stage)"
+            )
+        index = next(i for i, p in enumerate(found.probes) if p.ratio == found.ratio)
+        before, after = probes[index]
+        kept, why = budget.decide(before, after, self.cfg.min_speedup)
+        return found.ratio, {
+            "kept": kept,
+            "why": why,
+            "before": before.to_json(),
+            "after": after.to_json(),
+        }
