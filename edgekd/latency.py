@@ -76,22 +76,44 @@ class Timed:
         }
 
 
+def paired_ratio(num: list[float], den: list[float], within: float) -> tuple[float, float] | None:
+    """Median over rounds of num_i / den_i for two models timed together round by round, and
+    its relative uncertainty: half the ratios' spread, or `within` (the two medians' own
+    intervals, relative, added) when larger. None unless both have the same ≥ 2 rounds.
+
+    Each round times every model back to back, so a minute in which the machine was busy slows
+    both and leaves their ratio (seen here: a reference at 1.07 ms in one round and 1.63 ms in
+    the next, while the pruned model's ratio to it held)."""
+    if len(num) < 2 or len(num) != len(den):
+        return None
+    ratios = [a / b for a, b in zip(num, den, strict=True)]
+    ratio = statistics.median(ratios)
+    return ratio, max((max(ratios) - min(ratios)) / 2 / ratio, within)
+
+
+def row_ratio(num: dict[str, Any], den: dict[str, Any]) -> tuple[float, float]:
+    """`paired_ratio` of two latency rows of one run (bench rows with `round_medians_ms`);
+    rows timed once fall back to the ratio of medians and their 95 % intervals of the mean,
+    combined in quadrature."""
+    within = sum((r.get("median_ci95_ms") or 0.0) / r["median_ms"] for r in (num, den))
+    paired = paired_ratio(
+        list(num.get("round_medians_ms") or []), list(den.get("round_medians_ms") or []), within
+    )
+    if paired is not None:
+        return paired
+    noise = math.hypot(*((r.get("ci95_ms") or 0.0) / r["median_ms"] for r in (num, den)))
+    return num["median_ms"] / den["median_ms"], noise
+
+
 def speedup(before: Timed, after: Timed) -> tuple[float, float]:
     """(relative gain of `after` over `before`, its uncertainty); gain > uncertainty means
-    measurably faster.
-
-    Timed together over several rounds, the two are compared round by round: each round times
-    every model back to back, so a minute in which the machine was busy slows both and leaves
-    their ratio (seen here: a reference at 1.07 ms in one round and 1.63 ms in the next, while
-    the pruned model's ratio to it held). The gain is one minus the median ratio, uncertain by
-    half the ratios' spread or both medians' own intervals, whichever is larger. Otherwise the
-    two rows' intervals must not overlap."""
+    measurably faster. Timed together over rounds, they are compared round by round
+    (`paired_ratio`); otherwise their two intervals must not overlap."""
     if before.median_ms is None or after.median_ms is None:
         return 0.0, math.inf
-    if len(before.rounds) >= 2 and len(before.rounds) == len(after.rounds):
-        ratios = [a / b for a, b in zip(after.rounds, before.rounds, strict=True)]
-        spread = (max(ratios) - min(ratios)) / 2
-        return 1 - statistics.median(ratios), max(spread, before.within + after.within)
+    paired = paired_ratio(list(after.rounds), list(before.rounds), before.within + after.within)
+    if paired is not None:
+        return 1 - paired[0], paired[1]
     gain = (before.median_ms - after.median_ms) / before.median_ms
     return gain, before.noise + after.noise * after.median_ms / before.median_ms
 

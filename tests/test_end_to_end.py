@@ -67,6 +67,25 @@ def test_report_holds_every_stage_with_real_numbers(smoke_run):
     assert summary["final"]["peak_activation_bytes"] < summary["teacher"]["peak_activation_bytes"]
 
 
+def test_the_ladder_and_the_pruning_decision_are_in_the_report(smoke_run):
+    report = json.loads((smoke_run / "report.json").read_text())
+    ladder = report["steps"]["ladder"]
+    rungs = {r["rung"]: r for r in ladder["rungs"]}
+    assert list(rungs)[:2] == ["fp32", "ptq"] and list(rungs)[-1] == "qat"  # qat: always
+    assert ladder["qat"] == {"run": True, "why": "qat: always"}
+    for name in ("fp32", "ptq"):  # timed on cpu-x86, the pipeline's first local target
+        assert rungs[name]["latency"]["median_ms"] > 0
+        assert "onnxruntime on cpu-x86" in rungs[name]["latency"]["source"]
+    assert rungs["qat"]["latency"]["same_graph_as"] == list(rungs)[-2]
+    assert rungs["ptq"]["test_acc"] == report["stages"][2]["metrics"]["ptq_test_acc"]
+    (pruning,) = report["steps"]["pruning"]
+    assert pruning["kept"] and pruning["ratio"] == 0.25 and pruning["importance"] == "group_norm"
+    md = (smoke_run / "report.md").read_text()
+    assert "## INT8 ladder" in md and "## Pruning" in md and "| ptq |" in md
+    html = (smoke_run / "report.html").read_text()
+    assert "<h2>INT8 ladder</h2>" in html and "KD-QAT ran: qat: always" in html
+
+
 def test_the_html_report_is_one_file_with_its_pictures(smoke_run):
     html = (smoke_run / "report.html").read_text()
     assert html.startswith("<!doctype html>") and "edgekd report: smoke" in html

@@ -41,8 +41,19 @@ class PruneJob:
         quantized), the reference every timing compares with."""
         self.ctx, self.cfg, self.model, self.given, self.splits = ctx, cfg, model, given, splits
         self.quantized = bool(meta.get("quantization"))
+        # Timed as it will ship: INT8 when the student is, or when a later stage (prune before
+        # qat) quantizes it; the latency that matters is the final model's.
+        later = [s for s in ctx.plan.stages[ctx.index + 1 :] if s.stage.quantizes]
+        self.ships_int8 = self.quantized or bool(later)
+        if not self.quantized and later:  # quantized after this stage: as that stage will
+            meta = {
+                "quant_preset": getattr(later[0].cfg, "preset", "performance"),
+                "quant_weights": getattr(later[0].cfg, "weights", "per_channel"),
+            }
+        self._reference: nn.Module | None = None  # the unpruned student as it ships
         self.float_nodes = list(meta.get("float_layers") or [])
         self.preset = meta.get("quant_preset", "performance")
+        self.per_channel = meta.get("quant_weights", "per_channel") == "per_channel"
         self.example = torch.zeros(1, *splits.input_shape)
         self.classes = len(splits.classes)
         self.by_cost = (cfg.allocation or cfg.default_allocation()) == "latency"
@@ -83,6 +94,7 @@ class PruneJob:
             "importance": name,
             "allocation": "latency" if self.by_cost else "uniform",
             "mode": "ratio" if cfg.latency_budget_ms is None else "latency_budget",
+            "timed_as": "int8" if self.ships_int8 else "fp32",
         }
         if cfg.latency_budget_ms is not None:
             ratio, verdict = self._search(cfg.latency_budget_ms, record)
@@ -121,20 +133,22 @@ class PruneJob:
         return [(b.images, b.labels) for b in batches(images, self.splits, 64)]
 
     def _deployable(self, model: nn.Module) -> nn.Module:
-        """`model` as the final model's graph: INT8 (with the same float layers) when the
-        student is quantized; a throw-away PTQ on a few batches sets the graph, not accuracy."""
-        if not self.quantized:
+        """`model` as the final model's graph: INT8 (with the same float layers) when it ships
+        so; a throw-away PTQ on a few batches sets the graph, not accuracy."""
+        if not self.ships_int8:
             return model
         images = sample(self.splits.train, 64 * TIMING_BATCHES, 0)
         inputs = [b.images for b in batches(images, self.splits, 64)]
         return nncf_qat.quantize_inputs(
-            model, inputs, torch.device("cpu"), self.preset, self.float_nodes
+            model, inputs, torch.device("cpu"), self.preset, self.float_nodes, self.per_channel
         )
 
     def _time(self, pruned: nn.Module | None, label: str) -> tuple[Timed, Timed | None]:
         """The unpruned student (as given) and `pruned` timed together."""
         assert self.cfg.timing is not None
-        models = {"unpruned": self.given}
+        if self._reference is None:
+            self._reference = self.given if self.quantized else self._deployable(self.given)
+        models = {"unpruned": self._reference}
         if pruned is not None:
             models["pruned"] = self._deployable(pruned)
         timed = time_models(

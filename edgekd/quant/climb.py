@@ -50,6 +50,7 @@ class Ladder:
             self.device,
             self.cfg.preset,
             ignored=nodes,
+            per_channel=self.cfg.weights == "per_channel",
         )
 
     def val(self, model: nn.Module) -> float:

@@ -51,16 +51,19 @@ def quantize(
     device: torch.device,
     preset: str = "performance",
     ignored: list[str] | None = None,
+    per_channel: bool = True,
 ) -> nn.Module:
     """INT8 fake-quantized copy of `model`, ranges calibrated on `calibration` (NNCF PTQ with
-    its fast bias correction); the NNCF nodes in `ignored` stay float (quant/ladder.py).
+    its fast bias correction); the NNCF nodes in `ignored` stay float (quant/ladder.py);
+    weight scales per output channel, or one per tensor (`per_channel=False`, for
+    accelerators that take only that).
 
     Under torchrun rank 0 alone calibrates; the other ranks insert the same quantizers from its
     config and load its ranges and weights, so every rank starts QAT from one calibration."""
 
     def calibrate() -> nn.Module:
         inputs = [b.images.to(device) for b in batches(calibration, splits, batch_size)]
-        return quantize_inputs(model, inputs, device, preset, ignored)
+        return quantize_inputs(model, inputs, device, preset, ignored, per_channel)
 
     def share(quantized: nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         return config(quantized), {k: v.cpu() for k, v in quantized.state_dict().items()}
@@ -80,10 +83,16 @@ def quantize_inputs(
     device: torch.device,
     preset: str = "performance",
     ignored: list[str] | None = None,
+    per_channel: bool = True,
 ) -> nn.Module:
     """`quantize` on ready input batches (a part of a network fed other tensors than images)."""
     import nncf
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        QuantizationParameters,
+    )
 
+    weights = QuantizationParameters(per_channel=per_channel)
     return nncf.quantize(
         copy.deepcopy(model).eval().to(device),
         nncf.Dataset(inputs),
@@ -91,6 +100,7 @@ def quantize_inputs(
         subset_size=len(inputs),  # NNCF counts dataset items, here batches
         fast_bias_correction=True,
         ignored_scope=nncf.IgnoredScope(names=list(ignored)) if ignored else None,
+        advanced_parameters=AdvancedQuantizationParameters(weights_quantization_params=weights),
     )
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from edgekd import __version__
 from edgekd.artifacts import library_versions, read_json, read_manifest
 from edgekd.contracts import ModelsIndex, Role
-from edgekd.report import search
+from edgekd.report import search, steps
 from edgekd.report.memory import graph_memory
 from edgekd.runners.base import cpu_name, default_threads
 
@@ -84,6 +84,7 @@ def build_report(
         "preprocessing": final_preprocessing(models),
         "latency": rows,
         "summary": summarize(models, rows),
+        "steps": steps.section(run_dir, stage_dirs),
         "search": search.section(
             run_dir, stage_dirs, lambda target, runtime: fastest(rows, Role.FINAL, target, runtime)
         ),

@@ -3,9 +3,10 @@
 Latency against a baseline is compared **noise-aware**: not the final model's milliseconds (on
 shared machines the same file measures 2× apart between runs), but its ratio to the teacher's
 FP32 latency measured in the same run, on the same target and runtime. A machine that is slower
-overall slows both and leaves the ratio; a student that alone got slower moves it. The ratio's
-own uncertainty (each row's 95 % interval of the mean, combined) is subtracted before the
-tolerance applies, so a regression must exceed the noise to fail. Where that stops working
+overall slows both and leaves the ratio; a student that alone got slower moves it. Rows timed in
+several rounds (bench `rounds:`) are paired round by round, the ratio being the median of the
+rounds' ratios (edgekd/latency.py `row_ratio`); the ratio's own uncertainty is subtracted before
+the tolerance applies, so a regression must exceed the noise to fail. Where that stops working
 (a change that slows the teacher too, rows measured with too few runs): docs/ci.md.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 
 from edgekd.contracts import Role
 from edgekd.errors import EdgeKDError
+from edgekd.latency import row_ratio
 from edgekd.report.build import SCHEMA_VERSION, fastest, fastest_per_target
 
 # What a baseline comparison uses when no tolerance is given (printed when applied).
@@ -151,11 +153,8 @@ def relative_latency(report: dict[str, Any]) -> dict[str, Relative]:
         if final is None or teacher is None:
             continue
         reference = fastest(fp32, Role.TEACHER, target, final["runtime"]) or teacher
-        noise = math.hypot(
-            final.get("ci95_ms", 0.0) / final["median_ms"],
-            reference.get("ci95_ms", 0.0) / reference["median_ms"],
-        )
-        out[target] = Relative(final["median_ms"] / reference["median_ms"], noise, final, reference)
+        ratio, noise = row_ratio(final, reference)
+        out[target] = Relative(ratio, noise, final, reference)
     return out
 
 

@@ -13,7 +13,7 @@ from jinja2 import Environment
 from markupsafe import Markup
 
 from edgekd.contracts import Role
-from edgekd.report import plots
+from edgekd.report import plots, steps
 from edgekd.report.build import fastest_per_target
 from edgekd.report.markdown import skipped_by_reason
 
@@ -63,6 +63,15 @@ of tensors alive at once in the ONNX graph, Q/DQ pairs fused (report/memory.py).
 <td>{{ num(s.metrics.get("test_acc")) }}</td><td>{{ num(s.metrics.get("params")) }}</td>
 <td>{{ num(s.metrics.get("macs")) }}</td><td>{{ size(s.metrics.get("bytes")) }}</td>
 <td>{{ other(s.metrics) }}</td></tr>{% endfor %}</table>
+
+{% if ladder %}<h2>INT8 ladder</h2>
+<table><tr><th>rung</th><th>val acc %</th><th>drop (points)</th><th>test acc %</th>
+<th>latency ms</th></tr>
+{% for row in rungs %}<tr><td>{{ row.rung }}</td><td>{{ row.val_acc }}</td><td>{{ row.drop }}</td>
+<td>{{ row.test_acc }}</td><td>{{ row.latency }}</td></tr>{% endfor %}</table>
+<ul>{% for n in ladder_notes %}<li>{{ n }}</li>{% endfor %}</ul>{% endif %}
+{% if pruning %}<h2>Pruning</h2>
+<ul>{% for line in pruning %}<li>{{ line }}</li>{% endfor %}</ul>{% endif %}
 
 <h2>Pictures</h2>
 {% for fig in figures %}<figure>{{ fig.svg }}<figcaption>{{ fig.caption }}</figcaption></figure>
@@ -234,7 +243,7 @@ def warnings(report: dict[str, Any]) -> list[str]:
                 "there"
             )
     out += [f"search: {note}" for note in (report.get("search") or {}).get("notes", [])]
-    return out
+    return out + steps.warnings(report.get("steps"))
 
 
 def render_html(report: dict[str, Any]) -> str:
@@ -256,8 +265,14 @@ def render_html(report: dict[str, Any]) -> str:
             figures.append({"svg": Markup(body), "caption": caption})
     summary = summary_rows(report) if report.get("summary") else []
     targets = sorted({t for row in summary for t in row["latency"]})
+    taken = report.get("steps") or {}
+    ladder = taken.get("ladder")
     return env.from_string(TEMPLATE).render(
         r=report,
+        ladder=ladder,
+        rungs=steps.rung_rows(ladder) if ladder else [],
+        ladder_notes=steps.ladder_notes(ladder) if ladder else [],
+        pruning=[steps.pruning_line(p) for p in taken.get("pruning", [])],
         summary=summary,
         targets=targets,
         warnings=warnings(report),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from edgekd.contracts import Role
-from edgekd.report import search
+from edgekd.report import search, steps
 
 
 def _fmt(value: Any, spec: str = "") -> str:
@@ -136,6 +136,7 @@ def render(report: dict[str, Any]) -> str:
             "",
         ]
     lines += search.lines(report.get("search"))
+    lines += steps.markdown(report.get("steps"))
     lines += [
         "## Stages",
         "",

@@ -181,6 +181,7 @@ class PruneStage(Stage):
                 device,
                 meta.get("quant_preset", "performance"),  # as the qat stage quantized it
                 ignored=meta.get("float_layers") or None,  # its float layers stay float
+                per_channel=meta.get("quant_weights", "per_channel") == "per_channel",
             )
         model.to(device)
         ctx.metrics["pruned_test_acc"] = round(

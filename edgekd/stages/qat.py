@@ -45,6 +45,11 @@ class QATConfig(Strict):
     preset: Literal["performance", "mixed"] = Field(
         "performance", description="NNCF preset: symmetric everywhere, or asymmetric activations."
     )
+    weights: Literal["per_channel", "per_tensor"] = Field(
+        "per_channel",
+        description="Weight scales: one per output channel, or one per tensor (for NPUs and "
+        "DSPs that take only per-tensor; harder on depthwise layers, where the ladder helps).",
+    )
     max_accuracy_drop: float | None = Field(
         0.5,
         ge=0,
@@ -152,6 +157,7 @@ class QATStage(Stage):
             quantization=nncf_qat.config(quantized),
             calibration=cal_cfg.model_dump(),
             quant_preset=cfg.preset,
+            quant_weights=cfg.weights,
             float_layers=record["float_nodes"],
         )
         artifact = training.save_and_score(ctx, "student", quantized, meta, splits, device)

@@ -63,6 +63,33 @@ def test_a_machine_slower_overall_passes_and_a_student_alone_slower_fails():
     assert check(scaled(REPORT, final=1.15, ci=0.05), limits, scaled(REPORT, ci=0.05))[0].passed
 
 
+def rounds(report, final, teacher):
+    """`report` with every row of the final model timed in rounds `final` (times its median)
+    and every teacher row in rounds `teacher`: interleaved rounds, the same minute for both."""
+    out = copy.deepcopy(report)
+    for row in out["latency"]:
+        if row["status"] == "ok":
+            factors = final if row["model"] == "final" else teacher
+            row["round_medians_ms"] = [row["median_ms"] * f for f in factors]
+            row["median_ms"] = sorted(row["round_medians_ms"])[len(factors) // 2]
+            row["ci95_ms"] = 0.3 * row["median_ms"]  # a busy machine's tail: ignored when paired
+    out["summary"] = summarize(out["models"], out["latency"])
+    return out
+
+
+def test_rounds_are_paired_so_one_busy_minute_does_not_hide_a_regression():
+    limits = Limits(max_latency_regression=10.0)
+    base = rounds(REPORT, [1.0, 1.0, 1.0], [1.0, 1.0, 1.0])
+    # the second round ran while the machine was 60 % slower: both models in it
+    busy = rounds(REPORT, [1.0, 1.6, 1.0], [1.0, 1.6, 1.0])
+    assert check(busy, limits, base)[0].passed
+    # the student alone 15 % slower, through the same busy round: paired, it shows
+    (result,) = check(rounds(REPORT, [1.15, 1.84, 1.15], [1.0, 1.6, 1.0]), limits, base)
+    assert not result.passed and "+15.0 % ± 0.0 %" in result.detail
+    # unpaired (no rounds), the rows' 30 % intervals of the mean would have hidden it
+    assert check(scaled(REPORT, final=1.15, ci=0.3), limits, scaled(REPORT, ci=0.3))[0].passed
+
+
 def test_accuracy_and_size_against_a_baseline():
     worse = copy.deepcopy(REPORT)
     worse["summary"]["final"]["test_acc"] = 90.9
