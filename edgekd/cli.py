@@ -26,6 +26,10 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         console.print(f"training on {distributed.world()} processes (torchrun, DDP)")
     try:
         result = pipeline.run(plan, out=args.out, from_stage=args.from_stage, console=console)
+        # Every rank leaves together: rank 0 still writes manifests and the summary after the
+        # others' last collective, and a gloo group torn down while a peer is already gone can
+        # abort the process that is left.
+        distributed.barrier()
     finally:
         distributed.close()
     console.print(f"run folder: {result['run_dir']}")
