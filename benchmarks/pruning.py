@@ -29,6 +29,7 @@ from provenance import commit  # benchmarks/provenance.py
 ROOT = Path(__file__).resolve().parents[1]
 FLAGSHIP = ROOT / "pipelines" / "mobilenet_jetson.yaml"
 ROUNDS = 5
+THREADS = 1  # as the prune stage times (TimingConfig.threads' default)
 
 
 def pipeline(tmp: Path, name: str, budget_ms: float, allocation: str) -> Path:
@@ -76,7 +77,7 @@ def unpruned_int8_ms(student_dir: Path, out: Path) -> tuple[float, Path]:
         ["onnxruntime"],
         ["int8"],
         [1],
-        MeasureProtocol(),
+        MeasureProtocol(threads=THREADS),
         None,
         out / "engines",
         rounds=3,
@@ -99,7 +100,7 @@ def together(files: dict[str, Path]) -> dict[str, dict]:
     images = np.random.default_rng(0).standard_normal((64, 1, 28, 28)).astype(np.float32)
     models = [BenchModel(k, v, "int8") for k, v in files.items()]
     refs = {k: Reference(logits_function(v)(images), "onnxruntime-cpu") for k, v in files.items()}
-    plan = BenchPlan(protocol=MeasureProtocol(), batches=[1], rounds=ROUNDS)
+    plan = BenchPlan(protocol=MeasureProtocol(threads=THREADS), batches=[1], rounds=ROUNDS)
     rows = measure_target(target, "cpu-x86", models, plan, images, refs)
     return {r["model"]: r for r in rows}
 

@@ -52,6 +52,13 @@ class TimingConfig(Strict):
     warmup: int = Field(20, ge=0, description="Untimed runs before each timing.")
     iterations: int = Field(200, gt=0, description="Least timed runs per timing.")
     min_seconds: float = Field(1.0, ge=0, description="Least seconds of timed runs per timing.")
+    threads: int | None = Field(
+        1,
+        ge=1,
+        description="CPU threads of the timed runtime; null: the target's `threads`, else all "
+        "cores. One thread by default: a small model's multi-threaded latency on a shared CPU "
+        "moves with the neighbours' load (docs/compression.md), which decides nothing.",
+    )
 
 
 @dataclass(frozen=True)
@@ -166,16 +173,18 @@ def time_models(
     models: dict[str, nn.Module],
     splits: Splits,
     workdir: Path,
+    gate: dict[str, float] | None = None,
 ) -> dict[str, Timed]:
     """Export every model in `models` (NNCF-quantized ones as INT8 Q/DQ with edgekd's rewrite,
     others as FP32) into `workdir` and time them together on the chosen target; label → Timed.
-    Every file is first checked against its PyTorch model on validation images."""
+    Every file is first checked against its PyTorch model on validation images (top-1
+    agreement per precision: `gate`, else the bench stage's defaults)."""
     import torch
 
     from edgekd.bench import load_target, restrict
     from edgekd.data.datasets import normalize
     from edgekd.export.onnx import export_deployable, torch_logits
-    from edgekd.runners.base import MeasureProtocol
+    from edgekd.runners.base import DEFAULT_GATE, MeasureProtocol, default_threads
     from edgekd.runners.targets import BenchModel, BenchPlan, Reference, measure_target
 
     path, runtime = choose_target(plan, cfg, loc)
@@ -190,11 +199,24 @@ def time_models(
         bench_models.append(BenchModel(label, file, precision, tensorrt_path=qdq))
         references[label] = Reference(torch_logits(stripped, images), "torch")
     protocol = MeasureProtocol(
-        warmup=cfg.warmup, iterations=cfg.iterations, min_seconds=cfg.min_seconds
+        warmup=cfg.warmup,
+        iterations=cfg.iterations,
+        min_seconds=cfg.min_seconds,
+        threads=cfg.threads,
     )
-    bench = BenchPlan(protocol=protocol, batches=[1], workdir=workdir, rounds=cfg.rounds)
+    bench = BenchPlan(
+        protocol=protocol,
+        batches=[1],
+        gate=dict(gate or DEFAULT_GATE),
+        workdir=workdir,
+        rounds=cfg.rounds,
+    )
     rows = measure_target(target, str(path), bench_models, bench, images.numpy(), references)
-    source = f"{runtime} on {target.name}, {cfg.rounds} round{'s' if cfg.rounds > 1 else ''}"
+    threads = cfg.threads or target.threads or default_threads()
+    source = (
+        f"{runtime} on {target.name}, {threads} thread{'s' if threads > 1 else ''}, "
+        f"{cfg.rounds} round{'s' if cfg.rounds > 1 else ''}"
+    )
     out = {}
     for label in models:
         row = next((r for r in rows if r["model"] == label and r["status"] == "ok"), None)

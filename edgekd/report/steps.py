@@ -59,6 +59,8 @@ def ladder_notes(ladder: dict[str, Any]) -> list[str]:
             f"left in float: {', '.join(ladder['float_layers'])}"
             + ("" if cost is None else f" (cost {cost * 1000:+.1f} µs against all-INT8 PTQ)")
         )
+    elif (ladder.get("fallback") or {}).get("kept") is False:
+        notes.append(f"precision fallback tried and not kept: {ladder['fallback']['why']}")
     elif ladder.get("fallback"):
         notes.append("precision fallback tried; it did not beat PTQ, every layer stays INT8")
     if ladder.get("qat"):

@@ -151,3 +151,12 @@ def test_exported_graph_is_float_exactly_at_the_fallback_layer(fragile, quantize
         assert len(weights) == 4 and len(float_ops) == 1 and "conv2" in float_ops[0], weights
         check = parity(path, stripped, x)  # onnxruntime runs the mixed graph
         assert check["top1_agreement"] >= TOL["int8_top1_agreement"], check
+
+
+def test_float_layers_ship_only_when_they_meet_the_budget_or_qat_is_off():
+    from edgekd.quant.climb import keeps_float_layers
+
+    assert keeps_float_layers("auto", 0.3, 0.2)  # budget met: no QAT, the float layers ship
+    assert not keeps_float_layers("auto", 0.3, 0.38)  # QAT runs anyway: from all-INT8
+    assert not keeps_float_layers("always", 0.3, 0.38)
+    assert keeps_float_layers("never", 0.3, 0.38)  # no QAT to recover it: the best there is
