@@ -61,7 +61,7 @@ def test_the_imagenet_pipeline_runs_on_a_small_tree(tmp_path):
             "int8": {"max_abs_diff": 10.0, "top1_agreement": 1},
         },
     }
-    stages["bench"] |= {"warmup": 2, "iterations": 10, "min_seconds": 0}
+    stages["bench"] |= {"warmup": 2, "iterations": 10, "min_seconds": 0, "rounds": 1}
     path = tmp_path / "imagenet.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     result = pipeline.run(pipeline.load_plan(path), out=tmp_path / "runs")

@@ -30,11 +30,12 @@ class BenchConfig(Strict):
         None, gt=0, description="CPU threads; null = the target's `threads`, else all cores."
     )
     rounds: int = Field(
-        1,
+        3,
         ge=1,
         description="Time every local row this many times, each in a fresh process, going "
         "through all the rows before repeating one; each row then reports the median of the "
-        "rounds' medians and their spread (3 or more for rows a CI gate compares).",
+        "rounds' medians and their spread, and a CI gate pairs two rows round by round "
+        "(docs/ci.md). 1: one process per row, a third of the time.",
     )
     check_images: int = Field(
         500, gt=0, description="Test images each runner's outputs are checked on before timing."
