@@ -182,7 +182,9 @@ distill:
 """
     teacher = f"\n  - stage: teacher\n    onnx: {path}\n"
     export = "\n  - stage: export\n    parity_images: 300\n"
-    bench = "  - stage: bench\n    warmup: 2\n    iterations: 10\n    min_seconds: 0\n    rounds: 1\n"
+    bench = (
+        "  - stage: bench\n    warmup: 2\n    iterations: 10\n    min_seconds: 0\n    rounds: 1\n"
+    )
     report = "  - stage: report\n"
     targets = "targets: [targets/cpu-x86.yaml]\n"
     text = (
