@@ -160,8 +160,8 @@ def render(
         "points to per-tensor PTQ (93.24 → 93.14 %, `--spread 1` at fd66bbd), and a "
         "torchvision MobileNetV3-small trained 3 epochs by the student stage lost 0.14 test "
         "points (89.71 → 89.57 %, at 22147ad): NNCF's PTQ with fast bias correction is not "
-        "fragile on these Fashion-MNIST models, so the case is made, with the one property "
-        "that makes ImageNet MobileNets fragile.",
+        "fragile on these Fashion-MNIST models, so the case is made, with the property "
+        "Nagel et al. find in ImageNet MobileNets.",
         "",
         "| rung | val acc % | val drop | test acc % | latency ms (onnxruntime, 3 rounds) |",
         "|---|---|---|---|---|",
