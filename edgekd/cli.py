@@ -496,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         ("max-size-growth", float, "most growth of the final file's bytes vs --baseline, % (5)"),
     ):
-        gate.add_argument(f"--{flag}", type=kind, help=text)
+        gate.add_argument(f"--{flag}", type=kind, help=text.replace("%", "%%"))  # argparse
     gate.add_argument("--markdown", type=Path, help="also write a Markdown summary here")
     gate.add_argument("--junit", type=Path, help="also write JUnit XML here (a case per limit)")
     gate.set_defaults(func=_check)

@@ -41,6 +41,26 @@ def test_help_lists_commands_through_python_dash_m_edgekd():
     assert proc.returncode == 2 and "no-such.yaml" in proc.stderr
 
 
+def test_every_command_prints_its_help(capsys):
+    # argparse formats help strings with %: an unescaped "%" in one crashed `check --help`.
+    from edgekd.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    helped = []
+    for name, sub in commands.items():
+        nested = [a for a in sub._actions if a.__class__.__name__ == "_SubParsersAction"]
+        argvs = [[name, "--help"]] + [[name, n, "--help"] for a in nested for n in a.choices]
+        for argv in argvs:
+            try:
+                main(argv)
+            except SystemExit as stop:
+                assert stop.code == 0, argv
+            assert "usage: edgekd " + " ".join(argv[:-1]) in capsys.readouterr().out, argv
+            helped.append(argv[:-1])
+    assert ["check"] in helped and ["baseline", "update"] in helped
+
+
 def test_targets_lists_every_profile_and_why_it_is_not_reachable(capsys):
     assert main(["targets", "--no-probe"]) == 0
     out = capsys.readouterr().out
