@@ -65,9 +65,10 @@ def pipeline(tmp: Path, trained_only: bool = False) -> Path:
     return path
 
 
-def unbalance(student_dir: Path, spread: float, seed: int = 0) -> float:
+def unbalance(student_dir: Path, spread: float, seed: int = 0) -> dict[str, float]:
     """Give the trained student's first block output channels whose ranges differ by up to
-    `spread`×, without changing what it computes; returns the largest logit change (FP32).
+    `spread`×, without changing what it computes; returns the spread, the channel count and
+    the largest logit change (FP32).
 
     The first inverted-residual block ends in a linear 1×1 projection and BatchNorm with no
     residual after it, and the next block begins with a 1×1 expansion: scaling channel c of the
@@ -99,26 +100,26 @@ def unbalance(student_dir: Path, spread: float, seed: int = 0) -> float:
         expand.weight.div_(s.view(1, -1, 1, 1))
         change = float((model(x) - before).abs().max())
     save_model(model, student_dir, meta)
-    return change
+    return {"spread": spread, "channels": bn.num_features, "max_logit_change": change}
 
 
-def make_fragile(run_dir: Path, spread: float) -> float | None:
-    """`unbalance` the student stage's result in `run_dir` once, and record its new hash in the
-    stage's manifest (the stage stays cached; the stages after it see a changed input)."""
-    from edgekd.artifacts import sha256_path
+def make_fragile(run_dir: Path, spread: float) -> None:
+    """`unbalance` the student stage's result in `run_dir` once, and record its new hash and
+    what was done in the stage's manifest (the stage stays cached; the stages after it see a
+    changed input)."""
+    from edgekd.artifacts import MANIFEST, read_manifest, sha256_path, write_json
 
-    manifest_path = run_dir / "01_student" / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
+    stage_dir = run_dir / "01_student"
+    manifest = read_manifest(stage_dir)
+    assert manifest is not None, f"no student stage in {run_dir}"
     if "unbalanced" in manifest:
-        return None
-    change = unbalance(run_dir / "01_student" / "student", spread)
-    digest = sha256_path(run_dir / "01_student" / "student")
+        return
+    manifest["unbalanced"] = unbalance(stage_dir / "student", spread)
+    digest = sha256_path(stage_dir / "student")
     for output in manifest["outputs"].values():  # `student` and `student_fp32`: the same folder
         if output["path"] == "01_student/student":
             output["sha256"] = digest
-    manifest["unbalanced"] = {"spread": spread, "max_logit_change": change}
-    manifest_path.write_text(json.dumps(manifest, indent=2))
-    return change
+    write_json(stage_dir / MANIFEST, manifest)
 
 
 def reuse(source: Path, target: Path) -> None:
@@ -130,22 +131,23 @@ def reuse(source: Path, target: Path) -> None:
             shutil.copytree(source / folder, target / folder, symlinks=True)
 
 
-def render(
-    report: dict, wall_s: float, made_by: str, unbalanced: dict | None, spread: float
-) -> str:
+def render(report: dict, wall_s: float, made_by: str, unbalanced: dict | None) -> str:
+    """The doc; `unbalanced`: what `unbalance` did to the student (None: used as trained)."""
     ladder = report["steps"]["ladder"]
     rungs = {r["rung"]: r for r in ladder["rungs"]}
     fp32, ptq = rungs["fp32"], rungs["ptq"]
     fallback = rungs.get("fallback")
     if unbalanced:
         case = (
-            f"with its first block's 16 output channels given ranges up to {spread:g}× apart "
+            f"with its first block's {unbalanced['channels']} output channels given ranges up "
+            f"to {unbalanced['spread']:g}× apart "
             "by an exact rescaling (`unbalance` in the script: that block's BatchNorm scales "
             "each channel, the next 1×1 convolution divides it back; largest FP32 logit change "
             f"{unbalanced['max_logit_change']:.1e}), "
         )
     else:
         case = "as trained, "
+    spread = unbalanced["spread"] if unbalanced else 1
     lines = [
         "# The INT8 ladder on a fragile case: per-tensor weights",
         "",
@@ -224,6 +226,8 @@ def main() -> None:
         help="range spread given to the first block's output channels (1: the student as trained)",
     )
     args = parser.parse_args()
+    from edgekd.artifacts import read_manifest
+
     tmp = args.out / ".benchmarks"
     tmp.mkdir(parents=True, exist_ok=True)
     if args.reuse is not None:
@@ -241,8 +245,8 @@ def main() -> None:
             make_fragile(args.out / NAME, args.spread)
     wall = time.perf_counter() - start
     report = json.loads((args.out / NAME / "report.json").read_text())
-    manifest = json.loads((args.out / NAME / "01_student" / "manifest.json").read_text())
-    text = render(report, wall, made_by, manifest.get("unbalanced"), args.spread)
+    manifest = read_manifest(args.out / NAME / "01_student") or {}
+    text = render(report, wall, made_by, manifest.get("unbalanced"))
     (ROOT / "docs" / "benchmarks" / "ladder.md").write_text(text)
     print(text)
 
