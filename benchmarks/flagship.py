@@ -232,7 +232,13 @@ def render(
             f"| without KD | {spread([r['student']['test_acc'] for r in nokd])} | "
             f"{spread(nokd_acc)} | {spread([r['wall_s'] / 60 for r in nokd], '.1f')} |",
         ]
-    lines += ["", "Full per-stage and per-runtime tables: `runs/mobilenet_jetson/report.md`.", ""]
+    lines += [
+        "",
+        "Levers tried on the way to this default, with their numbers: "
+        "[flagship_levers.md](flagship_levers.md). Full per-stage and per-runtime tables: "
+        "`runs/mobilenet_jetson/report.md`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
