@@ -1,10 +1,11 @@
 """Test accuracy of the committed Fashion-MNIST teachers, alone and as an averaged ensemble.
 
 KD can only pass on what the teacher knows beyond the student, so docs/teacher.md states each
-teacher's test accuracy as the `teacher` stage measures it (one view), as KD sees it (the
-flagship caches the teacher's logits for every image and its mirror, so the mean of the two
-views' softmax), and for the ensemble of several files (`multi_teacher: average`: the mean of
-their softmax). Each file is read with the normalisation in the JSON file beside it.
+teacher's test accuracy as the `teacher` stage measures it (one view), with the mean softmax of
+each image and its mirror (the flagship caches the teacher's logits for both views, and KD reads
+the view the student was shown), and for the ensemble of several files (`multi_teacher:
+average`: the mean of their softmax). Each file is read with the normalisation in the JSON file
+beside it.
 
     python benchmarks/teachers.py [weights/fmnist_resnet_small.safetensors ...]
 
@@ -22,10 +23,12 @@ from provenance import commit  # benchmarks/provenance.py
 
 from edgekd.artifacts import read_json, write_text
 from edgekd.config.schema import DataConfig
-from edgekd.data.datasets import load_splits, normalize
+from edgekd.data.datasets import ImageSet, load_splits
+from edgekd.distill.trainer import predict
 from edgekd.models import zoo
 from edgekd.models.io import load_state, read_weights
 from edgekd.models.specs import ModelSpec
+from edgekd.quant.ladder import accuracy
 from edgekd.training import for_model, sidecar
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +40,6 @@ DEFAULT = [
 ]
 
 
-@torch.no_grad()
 def probabilities(file: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Softmax of one teacher on the test images (plain view, mirrored view), and the labels."""
     meta_file = sidecar(file)
@@ -49,19 +51,15 @@ def probabilities(file: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
         ModelSpec.model_validate(meta["spec"]), meta["in_channels"], meta["num_classes"]
     )
     load_state(model, read_weights(file), str(file))
-    model.eval()
-    assert isinstance(splits.test.images, torch.Tensor)
-    images = normalize(splits.test.images, splits)
-    plain, mirror = [], []
-    for start in range(0, len(images), 500):
-        batch = images[start : start + 500]
-        plain.append(model(batch).softmax(1))
-        mirror.append(model(batch.flip(-1)).softmax(1))
-    return torch.cat(plain), torch.cat(mirror), splits.test.labels
+    test, cpu = splits.test, torch.device("cpu")
+    assert isinstance(test.images, torch.Tensor)
+    mirrored = ImageSet(test.images.flip(-1), test.labels)
+    plain = predict(model, test, splits, cpu, batch_size=500).softmax(1)
+    return plain, predict(model, mirrored, splits, cpu, batch_size=500).softmax(1), test.labels
 
 
-def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
-    return round(100 * (probs.argmax(1) == labels).float().mean().item(), 2)
+def percent(probs: torch.Tensor, labels: torch.Tensor) -> str:
+    return f"{accuracy(probs, labels):.2f}"
 
 
 def main() -> None:
@@ -74,16 +72,14 @@ def main() -> None:
     for name in args.files:
         plain, mirror, labels = probabilities(ROOT / name)
         views[name] = (plain + mirror) / 2
-        rows.append(
-            f"| `{name}` | {accuracy(plain, labels):.2f} | {accuracy(views[name], labels):.2f} |"
-        )
+        rows.append(f"| `{name}` | {percent(plain, labels)} | {percent(views[name], labels)} |")
     lines = [
         "# The Fashion-MNIST teachers' test accuracy",
         "",
         f"Measured at {commit()} by `python benchmarks/teachers.py {' '.join(args.files)}`: all "
         "10,000 test images, each file with the normalisation in the JSON file beside it. "
-        '"with its mirror" is the mean softmax of the image and its horizontal mirror: what the '
-        "flagship's cached teacher logits hold.",
+        '"with its mirror" scores the mean softmax of each image and its horizontal mirror (the '
+        "flagship caches the teacher's logits for both views).",
         "",
         "| teacher | test acc % | with its mirror % |",
         "|---|---|---|",
@@ -94,9 +90,9 @@ def main() -> None:
         names = list(views)
         groups = [names] if len(names) <= 2 else [names[:-1], names]
         for group in groups:
-            mean = sum(views[n] for n in group) / len(group)
+            mean = torch.stack([views[n] for n in group]).mean(0)
             members = " + ".join(f"`{Path(n).stem}`" for n in group)
-            lines.append(f"- {members}: {accuracy(mean, labels):.2f} %")
+            lines.append(f"- {members}: {percent(mean, labels)} %")
     text = "\n".join(lines) + "\n"
     write_text(ROOT / "docs" / "benchmarks" / "teachers.md", text)
     print(text)
