@@ -227,7 +227,7 @@ def teachers(
                     f"caching teacher {i}'s logits for {len(train)} images and their mirror images"
                 )
             cached = cache_logits(
-                t_model if t_model is not None else t_fn, train, own, device, path, key
+                t_model if t_model is not None else t_fn, train, own, device, path, key, log=ctx.log
             )
         inputs = renormalizer(splits, own)
         out.append(Teacher(t_model, device, cached, t_fn, name=f"teacher {i}", inputs=inputs))

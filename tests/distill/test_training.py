@@ -8,7 +8,7 @@ from edgekd.data.datasets import batches
 from edgekd.distill.distiller import Distiller
 from edgekd.distill.losses.ce import CEConfig
 from edgekd.distill.losses.kd import KDConfig
-from edgekd.distill.teacher import Teacher, cache_logits
+from edgekd.distill.teacher import Teacher, cache_logits, fastest_logits
 from edgekd.distill.trainer import evaluate, fit
 from edgekd.models import zoo
 from edgekd.models.specs import ModelSpec
@@ -91,7 +91,11 @@ def test_checkpoint_of_another_config_is_not_resumed(splits, tmp_path):
 
 def test_cached_teacher_logits_equal_live_ones(splits, tmp_path):
     model = tiny().eval()
-    cached = cache_logits(model, splits.train, splits, CPU, tmp_path / "cache.npy", "k")
+    said = []
+    cached = cache_logits(
+        model, splits.train, splits, CPU, tmp_path / "cache.npy", "k", log=said.append
+    )
+    assert said and "in onnxruntime" in said[0]  # on a CPU the cache is computed there
     live, from_cache = Teacher(model, CPU), Teacher(model, CPU, cached)
     gen = torch.Generator().manual_seed(1)
     batch = next(
@@ -188,3 +192,29 @@ def test_mixed_precision_trains_on_a_gpu(splits, amp):
     )
     after = evaluate(model, splits.val, splits, cuda)
     assert after > before + 30 and after > 50
+
+
+class _Unexportable(torch.nn.Module):
+    """A teacher no ONNX exporter takes: its forward leaves torch for NumPy."""
+
+    def forward(self, x):
+        return torch.from_numpy(x.detach().numpy().reshape(len(x), -1)[:, :10].copy())
+
+
+class _TracesWrong(torch.nn.Module):
+    """Exports, but wrongly: the traced branch depends on the example's values."""
+
+    def forward(self, x):
+        flat = x.reshape(len(x), -1)[:, :10]
+        return flat * 2 if float(x.mean()) > 0 else flat
+
+
+@pytest.mark.parametrize(
+    ("model", "why"), [(_Unexportable(), "failed"), (_TracesWrong(), "differ from PyTorch")]
+)
+def test_a_teacher_onnxruntime_cannot_run_right_falls_back_to_pytorch(model, why, tmp_path):
+    example = torch.cat([torch.ones(4, 1, 8, 8), -torch.ones(4, 1, 8, 8)])
+    said = []
+    run = fastest_logits(model, CPU, example, tmp_path, said.append)
+    assert why in said[0] and "in PyTorch" in said[0]
+    torch.testing.assert_close(run(example), model(example))
