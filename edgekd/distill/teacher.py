@@ -90,9 +90,9 @@ def fastest_logits(
 ) -> LogitsFn:
     """How to run a frozen teacher over a whole data set. On a CPU: exported to ONNX and run
     by onnxruntime, which computed the flagship teacher's logits for its 110,000 training views
-    in about half the time of eager PyTorch in channels-last (50 vs 100 s on the 2-core
-    development CPU, measured for docs/benchmarks/flagship_levers.md), provided the export
-    works and agrees with PyTorch on `example` (the first batch); else, and on a GPU, PyTorch.
+    in less than half the time of eager PyTorch in channels-last (51 vs 114 s on the 2-core
+    development CPU, docs/benchmarks/teacher_cache.md), provided the export works and agrees
+    with PyTorch on `example` (the first batch); else, and on a GPU, PyTorch.
     The ONNX file lives in `scratch`, which the caller removes."""
     live = torch_logits(model, device)
     if device.type != "cpu":
@@ -108,7 +108,8 @@ def fastest_logits(
         fast = lambda images: torch.from_numpy(run(images.float().cpu().numpy()))  # noqa: E731
         got, want = fast(example), live(example)
     except Exception as error:  # any export or runtime failure: PyTorch still works
-        say(f"teacher logits in PyTorch: ONNX export or onnxruntime failed ({error})")
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        say(f"teacher logits in PyTorch: ONNX export or onnxruntime failed ({first})")
         return live
     gap = float((got - want).abs().max())
     if gap > 1e-3 * max(1.0, float(want.abs().max())):
