@@ -15,6 +15,7 @@ drift: decide with rounds ≥ 2 (the default is 3).
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,20 @@ class Timed:
     rounds: tuple[float, ...] = ()  # each round's median, in the order the rounds ran
     within: float = 0.0  # the median's own 95 % interval, relative
 
+    def pooled(self, more: Timed) -> Timed:
+        """This model timed again (`more`, the same model on the same target): one Timed over
+        both timings' rounds."""
+        if more.median_ms is None:
+            return self
+        if self.median_ms is None:
+            return more
+        rounds = (self.rounds or (self.median_ms,)) + (more.rounds or (more.median_ms,))
+        median = statistics.median(rounds)
+        within = max(self.within, more.within)
+        source = re.sub(r"\d+ rounds?$", f"{len(rounds)} rounds", self.source)
+        noise = max(within, spread(list(rounds)) / median)
+        return Timed(self.label, median, noise, source, None, rounds, within)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "median_ms": None if self.median_ms is None else round(self.median_ms, 4),
@@ -98,7 +113,20 @@ def paired_ratio(num: list[float], den: list[float], within: float) -> tuple[flo
         return None
     ratios = [a / b for a, b in zip(num, den, strict=True)]
     ratio = statistics.median(ratios)
-    return ratio, max((max(ratios) - min(ratios)) / 2 / ratio, within)
+    return ratio, max(spread(ratios) / ratio, within)
+
+
+def spread(values: list[float]) -> float:
+    """How far repeated measurements scatter: half their range for up to four rounds; from
+    five on, their median absolute deviation × 1.4826 (one standard deviation for normal
+    scatter, where half the range of three is 0.85 of one), which one or two busy minutes that
+    slowed a single model cannot inflate. Seen at 537a60e: one slow round in each of two models'
+    three (0.0851, 0.0850, 0.1284 ms; 0.0688, 0.1082, 0.0662 ms) made the half range of their
+    paired ratios ±47 % against a 19 % gain."""
+    if len(values) < 5:
+        return (max(values) - min(values)) / 2
+    middle = statistics.median(values)
+    return 1.4826 * statistics.median(abs(v - middle) for v in values)
 
 
 def row_ratio(num: dict[str, Any], den: dict[str, Any]) -> tuple[float, float]:

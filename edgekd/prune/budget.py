@@ -25,6 +25,7 @@ from edgekd.latency import Timed, speedup
 MAX_RATIO = 0.75  # the most of all channels a search may remove
 FIRST_GUESS = (0.05, 0.6)  # the first probe's ratio is clamped to this range
 CLOSE = 0.05  # a probe this close under the budget (relative) ends the search
+RETIMES = 2  # further timings of a pruning step that looked faster, but within the noise
 
 
 @dataclass
@@ -112,6 +113,28 @@ def _next_ratio(
     if r0 >= MAX_RATIO:
         return None  # the most the search may prune is still too slow
     return min(MAX_RATIO, max(r0 + 0.05, r0 * 1.5))
+
+
+def settle(
+    measure: Callable[[int], tuple[Timed, Timed]],
+    before: Timed,
+    after: Timed,
+    min_speedup: float,
+    retimes: int = RETIMES,
+) -> tuple[bool, str, Timed, Timed]:
+    """`decide`, after timing the pair again while the pruned model looks faster but not beyond
+    the noise: at most `retimes` more times (`measure(n)` times the n-th), each pooled with the
+    rounds before (`Timed.pooled`), so the rounds a busy minute hit stop setting the noise
+    (`latency.spread`). A step that is not faster stays inconclusive and is dropped. Returns
+    the decision, its reason and the pooled timings."""
+    for attempt in range(1, retimes + 1):
+        gain, noise = speedup(before, after)
+        if not 0 < gain <= noise:
+            break
+        again_before, again_after = measure(attempt)
+        before, after = before.pooled(again_before), after.pooled(again_after)
+    kept, why = decide(before, after, min_speedup)
+    return kept, why, before, after
 
 
 def decide(before: Timed, after: Timed, min_speedup: float) -> tuple[bool, str]:

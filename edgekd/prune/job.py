@@ -183,7 +183,16 @@ class PruneJob:
             before, after = self._pair(pruned, "check")
         except NoTarget as exc:
             return {"kept": True, "why": f"not timed ({exc}); kept unverified"}
-        kept, why = budget.decide(before, after, self.cfg.min_speedup)
+        return self._settle(pruned, before, after, "check")
+
+    def _settle(self, pruned: nn.Module, before: Timed, after: Timed, label: str) -> Record:
+        """The keep decision, `pruned` timed again while it is inconclusive (prune/budget.py)."""
+
+        def again(n: int) -> tuple[Timed, Timed]:
+            self.ctx.log(f"prune: faster, within the noise; timing again ({n}/{budget.RETIMES})")
+            return self._pair(pruned, f"{label}-again{n}")
+
+        kept, why, before, after = budget.settle(again, before, after, self.cfg.min_speedup)
         return {"kept": kept, "why": why, "before": before.to_json(), "after": after.to_json()}
 
     def _search(self, budget_ms: float, record: Record) -> tuple[float | None, Record]:
@@ -221,10 +230,4 @@ class PruneJob:
             )
         index = next(i for i, p in enumerate(found.probes) if p.ratio == found.ratio)
         before, after = probes[index]
-        kept, why = budget.decide(before, after, self.cfg.min_speedup)
-        return found.ratio, {
-            "kept": kept,
-            "why": why,
-            "before": before.to_json(),
-            "after": after.to_json(),
-        }
+        return found.ratio, self._settle(self.pruned(found.ratio), before, after, "found")

@@ -183,3 +183,71 @@ def test_models_timed_together_are_compared_round_by_round():
     assert budget.decide(before, after, 0.0)[0]
     # the same medians without rounds: the rows' 30 % noise hides the 10 % gain
     assert not budget.decide(timed(1.0, 0.3), timed(0.9, 0.3), 0.0)[0]
+
+
+# 537a60e, seed 0 of the flagship benchmark: one busy round hit each model in a different round.
+BUSY_BEFORE, BUSY_AFTER = (0.0851, 0.0850, 0.1284), (0.0688, 0.1082, 0.0662)
+
+
+def _rounds(label, rounds, source="onnxruntime on cpu-x86, 1 thread, 3 rounds"):
+    import statistics
+
+    return Timed(label, statistics.median(rounds), 0.0, source, rounds=rounds, within=0.005)
+
+
+def test_an_inconclusive_pruning_step_is_timed_again_and_the_busy_rounds_stop_counting():
+    from edgekd.latency import speedup
+
+    before, after = _rounds("unpruned", BUSY_BEFORE), _rounds("pruned", BUSY_AFTER)
+    gain, noise = speedup(before, after)
+    assert 0 < gain < noise  # 19 % faster, ±47 %: what dropped the flagship's pruning
+    assert not budget.decide(before, after, 0.0)[0]
+    calls = []
+
+    def measure(n):  # the next timing: a quiet machine
+        calls.append(n)
+        return _rounds("unpruned", (0.0849, 0.0852, 0.0850)), _rounds(
+            "pruned", (0.0687, 0.0690, 0.0689)
+        )
+
+    kept, why, pooled_before, pooled_after = budget.settle(measure, before, after, 0.0)
+    assert kept and calls == [1]  # one more timing settled it
+    assert len(pooled_after.rounds) == 6 and "6 rounds" in why
+    assert speedup(pooled_before, pooled_after)[1] < 0.05  # the two busy rounds are outvoted
+
+
+def test_a_pruning_step_that_is_not_faster_is_timed_again_at_most_retimes_times_and_dropped():
+    import random
+
+    scatter = random.Random(0)  # both models the same speed, each round off by about 1 %
+
+    def same_speed():
+        return tuple(0.081 * (1 + scatter.gauss(0, 0.01)) for _ in range(3))
+
+    calls = []
+
+    def measure(n):
+        calls.append(n)
+        return _rounds("unpruned", same_speed()), _rounds("pruned", same_speed())
+
+    before, after = (
+        _rounds("unpruned", (0.080, 0.082, 0.081)),
+        _rounds("pruned", (0.079, 0.083, 0.080)),
+    )
+    kept, why, _, after_all = budget.settle(measure, before, after, 0.0)
+    assert not kept and "not measurably faster" in why
+    assert calls == list(range(1, budget.RETIMES + 1)) and len(after_all.rounds) == 9
+    # a step measured clearly slower, or clearly faster, is never timed again
+    for fast in [(0.060, 0.061, 0.060), (0.100, 0.101, 0.100)]:
+        calls.clear()
+        budget.settle(measure, before, _rounds("pruned", fast), 0.0)
+        assert calls == []
+
+
+def test_spread_is_half_the_range_up_to_four_rounds_and_robust_from_five():
+    from edgekd.latency import spread
+
+    assert spread([1.0, 1.2, 1.1]) == pytest.approx(0.1)
+    quiet = [1.0, 1.01, 0.99, 1.0, 1.02, 0.98]
+    assert spread(quiet) < 0.03
+    assert spread([*quiet[:4], 1.6, 0.5]) < 0.03  # two busy rounds move it little
