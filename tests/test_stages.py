@@ -132,3 +132,13 @@ def test_the_default_teacher_scores_its_documented_accuracy_with_and_without_a_s
         "warning: teacher inputs normalised with the training split's statistics" in runs["bare"][0]
     )
     assert runs["bare"][2] != (documented["mean"], documented["std"])
+
+
+def test_a_bench_gate_for_one_precision_keeps_the_defaults_of_the_others():
+    from edgekd.runners.base import DEFAULT_GATE
+    from edgekd.stages.bench import BenchConfig
+
+    cfg = BenchConfig.model_validate({"min_top1_agreement": {"int8": 97}})
+    assert cfg.min_top1_agreement == {**DEFAULT_GATE, "int8": 97}  # fp32 and fp16 still gated
+    with pytest.raises(ValueError, match="unknown precision"):
+        BenchConfig.model_validate({"min_top1_agreement": {"int4": 90}})

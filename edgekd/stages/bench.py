@@ -43,8 +43,18 @@ class BenchConfig(Strict):
     min_top1_agreement: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_GATE),
         description="Least top-1 agreement (%) with PyTorch per precision for a row to pass "
-        "(and be chosen).",
+        f"(and be chosen); precisions not named keep their defaults {DEFAULT_GATE}.",
     )
+
+    @field_validator("min_top1_agreement")
+    @classmethod
+    def _over_defaults(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(DEFAULT_GATE))
+        if unknown:
+            raise ValueError(f"unknown precision {unknown}; choose from {sorted(DEFAULT_GATE)}")
+        if any(not 0 <= v <= 100 for v in value.values()):
+            raise ValueError("agreements are percentages, 0 to 100")
+        return {**DEFAULT_GATE, **value}
 
     @field_validator("batch", mode="before")
     @classmethod
