@@ -22,14 +22,12 @@ from pathlib import Path
 
 import torch
 from provenance import commit  # benchmarks/provenance.py
+from teachers import load_teacher  # benchmarks/teachers.py
 
-from edgekd.artifacts import read_json, write_text
+from edgekd.artifacts import write_text
 from edgekd.config.schema import DataConfig
 from edgekd.data.datasets import load_splits
 from edgekd.distill.teacher import cache_logits, torch_logits
-from edgekd.models import zoo
-from edgekd.models.io import load_state, read_weights
-from edgekd.models.specs import ModelSpec
 from edgekd.runners.base import cpu_name, default_threads
 from edgekd.training import for_model
 
@@ -43,12 +41,8 @@ def main() -> None:
     args = parser.parse_args()
     cpu = torch.device("cpu")
     data = DataConfig(dataset="fashion-mnist", val_size=5000, split_seed=0)
-    meta = read_json((ROOT / TEACHER).with_suffix(".json"))
+    model, meta = load_teacher(ROOT / TEACHER)
     own = for_model(load_splits(data, 0), meta)  # the teacher's own normalisation
-    model = zoo.build(
-        ModelSpec.model_validate(meta["spec"]), meta["in_channels"], meta["num_classes"]
-    )
-    load_state(model, read_weights(ROOT / TEACHER), TEACHER)
     seconds: dict[str, list[float]] = {"pytorch": [], "fastest": []}
     said: list[str] = []
     caches: dict[str, torch.Tensor] = {}

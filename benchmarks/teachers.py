@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from provenance import commit  # benchmarks/provenance.py
@@ -40,17 +41,23 @@ DEFAULT = [
 ]
 
 
-def probabilities(file: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Softmax of one teacher on the test images (plain view, mirrored view), and the labels."""
+def load_teacher(file: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A committed teacher's weights file, built from the JSON file beside it, and that JSON."""
     meta_file = sidecar(file)
     if meta_file is None:
         raise SystemExit(f"{file}: no JSON file beside it to say the model and its normalisation")
     meta = read_json(meta_file)
-    splits = for_model(load_splits(DataConfig(dataset="fashion-mnist", val_size=5000), 0), meta)
     model = zoo.build(
         ModelSpec.model_validate(meta["spec"]), meta["in_channels"], meta["num_classes"]
     )
     load_state(model, read_weights(file), str(file))
+    return model, meta
+
+
+def probabilities(file: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Softmax of one teacher on the test images (plain view, mirrored view), and the labels."""
+    model, meta = load_teacher(file)
+    splits = for_model(load_splits(DataConfig(dataset="fashion-mnist", val_size=5000), 0), meta)
     test, cpu = splits.test, torch.device("cpu")
     assert isinstance(test.images, torch.Tensor)
     mirrored = ImageSet(test.images.flip(-1), test.labels)

@@ -31,7 +31,7 @@ from edgekd.data.datasets import (
 )
 from edgekd.distill.distiller import Distiller, DistillSetupError
 from edgekd.distill.scheme import SCHEMES
-from edgekd.distill.teacher import LogitsFn, Teacher, cache_logits
+from edgekd.distill.teacher import LogitsFn, Teacher, cache_logits, onnx_logits_fn
 from edgekd.distill.terms import build
 from edgekd.distill.trainer import evaluate, fit
 from edgekd.errors import EdgeKDError
@@ -148,14 +148,6 @@ def _load_teacher(path: Path) -> tuple[nn.Module | None, LogitsFn | None, dict[s
         return None, onnx_logits_fn(path / "model.onnx"), meta
     model, meta = load_model(path)
     return model, None, meta
-
-
-def onnx_logits_fn(path: Path) -> LogitsFn:
-    """An ONNX model run through onnxruntime, as a function on normalised torch batches."""
-    from edgekd.runners.backends.onnxruntime import logits_function
-
-    run = logits_function(path)
-    return lambda images: torch.from_numpy(run(images.float().cpu().numpy()))
 
 
 def onnx_predict(

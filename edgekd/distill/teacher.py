@@ -81,6 +81,14 @@ def torch_logits(model: nn.Module, device: torch.device) -> LogitsFn:
     return run
 
 
+def onnx_logits_fn(path: Path) -> LogitsFn:
+    """An ONNX model run through onnxruntime, as a function on normalised torch batches."""
+    from edgekd.runners.backends.onnxruntime import logits_function
+
+    run = logits_function(path)
+    return lambda images: torch.from_numpy(run(images.float().cpu().numpy()))
+
+
 def fastest_logits(
     model: nn.Module,
     device: torch.device,
@@ -98,14 +106,12 @@ def fastest_logits(
     if device.type != "cpu":
         return live
     from edgekd.export.onnx import export_onnx
-    from edgekd.runners.backends.onnxruntime import logits_function
 
     say = log or (lambda _: None)
     onnx_path = scratch / "teacher.onnx"
     try:
         export_onnx(copy.deepcopy(model), example[:1], onnx_path)
-        run = logits_function(onnx_path)
-        fast = lambda images: torch.from_numpy(run(images.float().cpu().numpy()))  # noqa: E731
+        fast = onnx_logits_fn(onnx_path)
         got, want = fast(example), live(example)
     except Exception as error:  # any export or runtime failure: PyTorch still works
         first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]

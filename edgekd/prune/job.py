@@ -6,6 +6,8 @@ target, or the step is rejected and the student passes through unchanged)."""
 from __future__ import annotations
 
 import copy
+import functools
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -183,14 +185,18 @@ class PruneJob:
             before, after = self._pair(pruned, "check")
         except NoTarget as exc:
             return {"kept": True, "why": f"not timed ({exc}); kept unverified"}
-        return self._settle(pruned, before, after, "check")
+        return self._settle(lambda: pruned, before, after, "check")
 
-    def _settle(self, pruned: nn.Module, before: Timed, after: Timed, label: str) -> Record:
-        """The keep decision, `pruned` timed again while it is inconclusive (prune/budget.py)."""
+    def _settle(
+        self, pruned: Callable[[], nn.Module], before: Timed, after: Timed, label: str
+    ) -> Record:
+        """The keep decision, the pruned model (built by `pruned` only if needed) timed again
+        while it is inconclusive (prune/budget.py)."""
+        model = functools.cache(pruned)
 
         def again(n: int) -> tuple[Timed, Timed]:
             self.ctx.log(f"prune: faster, within the noise; timing again ({n}/{budget.RETIMES})")
-            return self._pair(pruned, f"{label}-again{n}")
+            return self._pair(model(), f"{label}-again{n}")
 
         kept, why, before, after = budget.settle(again, before, after, self.cfg.min_speedup)
         return {"kept": kept, "why": why, "before": before.to_json(), "after": after.to_json()}
@@ -230,4 +236,5 @@ class PruneJob:
             )
         index = next(i for i, p in enumerate(found.probes) if p.ratio == found.ratio)
         before, after = probes[index]
-        return found.ratio, self._settle(self.pruned(found.ratio), before, after, "found")
+        ratio = found.ratio
+        return ratio, self._settle(lambda: self.pruned(ratio), before, after, "found")
