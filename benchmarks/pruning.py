@@ -1,26 +1,31 @@
 """Benchmark of latency-budget pruning: does the prune stage hit a latency budget on this CPU, and
-does ranking channels by importance per MAC beat one uniform ratio that reaches the same
-measured latency?
+is choosing per-layer ratios more accurate than one uniform ratio that reaches the same measured
+latency?
 
-From the flagship's trained student (its teacher and student stages, reused from `--reuse
-RUN_DIR` when they match), two pipelines prune to the same `latency_budget_ms` (a fraction of the
-unpruned student's INT8 latency, measured first): one with `allocation: latency` (per-layer
-ratios by importance per MAC), one with `allocation: uniform` (the same search finds the one
-ratio that meets the budget). Both then get the same recovery, INT8 ladder, export and bench;
-finally both final files and the unpruned student's are timed again together (interleaved, 5
-rounds) so their latencies are compared in one measurement. Writes docs/benchmarks/pruning.md.
+From the flagship's trained KD students (its teacher and student stages, one run per seed, reused
+from `--runs`: mobilenet_jetson, mobilenet_jetson_s1, ...), one pipeline per allocation prunes to
+the same `latency_budget_ms` (a fraction of that seed's unpruned student's INT8 latency, measured
+first): `sensitivity` (each layer pruned alone and scored on validation images, then the MACs of a
+uniform ratio removed where they cost the least loss), `latency` (channels ranked by importance per
+MAC) and `uniform` (the same search finds the one ratio that meets the budget). All then get the
+flagship's recovery, INT8 ladder, export and bench; finally each seed's final files and its
+unpruned student's are timed again together (interleaved, 5 rounds) so their latencies are
+compared in one measurement. Writes docs/benchmarks/pruning.md; runs resume where they stopped.
 
-    python benchmarks/pruning.py [--fraction 0.75] [--reuse runs/mobilenet_jetson] [--out runs]
+    python benchmarks/pruning.py [--fraction 0.85] [--seeds 0 1 2]
+        [--allocations sensitivity uniform] [--runs runs] [--out runs]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 from ladder import reuse  # benchmarks/ladder.py
@@ -32,9 +37,9 @@ ROUNDS = 5
 THREADS = 1  # as the prune stage times (TimingConfig.threads' default)
 
 
-def pipeline(tmp: Path, name: str, budget_ms: float, allocation: str) -> Path:
+def pipeline(tmp: Path, name: str, seed: int, budget_ms: float, allocation: str) -> Path:
     config = yaml.safe_load(FLAGSHIP.read_text())
-    config["name"], config["targets"] = name, ["targets/cpu-x86.yaml"]
+    config["name"], config["seed"], config["targets"] = name, seed, ["targets/cpu-x86.yaml"]
     stages = {s["stage"]: s for s in config["stages"]}
     prune = {k: v for k, v in stages["prune"].items() if k != "ratio"}
     prune |= {"latency_budget_ms": budget_ms, "allocation": allocation, "require_speedup": True}
@@ -105,85 +110,166 @@ def together(files: dict[str, Path]) -> dict[str, dict]:
     return {r["model"]: r for r in rows}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--fraction", type=float, default=0.75)
-    parser.add_argument("--reuse", type=Path, default=ROOT / "runs" / "mobilenet_jetson")
-    parser.add_argument("--out", type=Path, default=ROOT / "runs")
-    args = parser.parse_args()
-    tmp = args.out / ".benchmarks" / "pruning"
-    tmp.mkdir(parents=True, exist_ok=True)
-    made_by, start = commit(), time.perf_counter()
-    base_ms, base_file = unpruned_int8_ms(args.reuse / "01_student" / "student", tmp)
+def flagship_run(runs: Path, seed: int) -> Path:
+    """The flagship benchmark's run of `seed` (benchmarks/flagship.py names them so)."""
+    return runs / ("mobilenet_jetson" + (f"_s{seed}" if seed else ""))
+
+
+def one_seed(args: argparse.Namespace, seed: int, tmp: Path) -> dict[str, Any]:
+    """Every allocation's pipeline for one seed, and their final files timed together."""
+    out = tmp / f"s{seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    source = flagship_run(args.runs, seed)
+    base_ms, base_file = unpruned_int8_ms(source / "01_student" / "student", out)
     budget = round(args.fraction * base_ms, 4)
     reports = {}
-    for allocation in ("latency", "uniform"):
-        name = f"prune_budget_{allocation}"
-        reuse(args.reuse, args.out / name)
-        path = pipeline(tmp, name, budget, allocation)
+    for allocation in args.allocations:
+        name = f"prune_budget_{allocation}" + (f"_s{seed}" if seed else "")
+        reuse(source, args.out / name)
+        path = pipeline(tmp, name, seed, budget, allocation)
         subprocess.run(
             [sys.executable, "-m", "edgekd.cli", "run", str(path), "--out", str(args.out)],
             check=True,
             cwd=ROOT,
         )
         reports[allocation] = json.loads((args.out / name / "report.json").read_text())
-    files = {"unpruned": base_file}
-    for allocation in reports:
-        files[allocation] = (
-            args.out / f"prune_budget_{allocation}" / "04_export" / "onnx" / "final_int8.onnx"
-        )
+        reports[allocation]["_dir"] = str(args.out / name)
+    files = {"unpruned": base_file} | {
+        a: Path(r["_dir"]) / "04_export" / "onnx" / "final_int8.onnx" for a, r in reports.items()
+    }
     timed = together(files)
-    wall = time.perf_counter() - start
-    lines = [
-        "# Latency-budget pruning on this CPU",
-        "",
-        f"Measured at {made_by} by `python benchmarks/pruning.py --fraction {args.fraction}` on "
-        f"{reports['latency']['machine']['cpu']}, {reports['latency']['created_utc']} "
-        f"({wall / 60:.1f} min). The flagship's KD student (reused from its run), INT8 "
-        f"(onnxruntime, batch 1): unpruned {base_ms:.4f} ms; budget {budget} ms "
-        f"(×{args.fraction}). Each pipeline: prune to the budget (probes timed in 3 "
-        "interleaved rounds beside the unpruned student), 2 epochs of KD recovery, the INT8 "
-        "ladder, export, bench.",
-        "",
-        "| allocation | ratio of channels | probes | budget hit (probe ms, drift-corrected) | "
-        "params | final test acc % | final ms, timed together | vs unpruned |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    unpruned = timed["unpruned"]["median_ms"]
+    rows = {}
     for allocation, report in reports.items():
         step = report["steps"]["pruning"][0]
         search = step.get("search") or {}
-        chosen = next(
+        chosen: dict[str, Any] = next(
             (p for p in search.get("probes", []) if p["ratio"] == search.get("ratio")), {}
         )
         hit = chosen.get("latency_ms")
-        ok = hit is not None and hit <= budget * (1 + chosen.get("noise", 0))
         final = report["summary"]["final"]
-        ms = timed[allocation]["median_ms"]
-        lines.append(
-            f"| {allocation} | {step.get('ratio', '–')} | {len(search.get('probes', []))} | "
-            f"{'–' if hit is None else f'{hit:.4f}'} ({'within' if ok else '**outside**'} the "
-            f"budget's noise) | {final['params']:,} | {final['test_acc']:.2f} | {ms:.4f} | "
-            f"×{ms / unpruned:.3f} |"
-        )
-    acc = {k: r["summary"]["final"]["test_acc"] for k, r in reports.items()}
-    verdict = "met" if acc["latency"] > acc["uniform"] else "**not met**"
-    lines += [
+        prune_s = next(s["wall_s"] for s in report["stages"] if s["stage"] == "prune")
+        rows[allocation] = {
+            "ratio": step.get("ratio"),
+            "kept": step.get("kept"),
+            "probes": search.get("probes", []),
+            "hit_ms": hit,
+            "within": hit is not None and hit <= budget * (1 + chosen.get("noise", 0)),
+            "params": final["params"],
+            "test_acc": final["test_acc"],
+            "ms": timed[allocation]["median_ms"],
+            "vs_unpruned": timed[allocation]["median_ms"] / timed["unpruned"]["median_ms"],
+            "layer_ratios": step.get("layer_ratios"),
+            "prune_s": prune_s,
+        }
+    return {
+        "base_ms": base_ms,
+        "budget_ms": budget,
+        "unpruned_ms": timed["unpruned"]["median_ms"],
+        "rows": rows,
+        "cpu": next(iter(reports.values()))["machine"]["cpu"],
+    }
+
+
+def mean_std(values: list[float], fmt: str = ".2f") -> str:
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
+
+
+def render(args: argparse.Namespace, results: dict[int, dict], made_by: str, wall: float) -> str:
+    first = results[args.seeds[0]]
+    lines = [
+        "# Latency-budget pruning on this CPU",
         "",
-        f"Goal: the latency allocation more accurate than the uniform ratio at the same measured "
-        f"latency: {acc['latency']:.2f} vs {acc['uniform']:.2f} % — {verdict} (one seed).",
+        f"Measured at {made_by} by `python benchmarks/pruning.py --fraction {args.fraction} "
+        f"--seeds {' '.join(map(str, args.seeds))} --allocations {' '.join(args.allocations)} "
+        f"--runs {args.runs}` on {first['cpu']}, {time.strftime('%Y-%m-%d', time.gmtime())} "
+        f"({wall / 60:.1f} min), alone on the machine. Each seed starts from that seed's "
+        "flagship KD student (its run reused), INT8 (onnxruntime, batch 1); the budget is "
+        f"×{args.fraction} of that student's latency. Each pipeline: prune to the budget (probes "
+        "timed in 3 interleaved rounds beside the unpruned student), the flagship's KD "
+        "recovery, INT8 ladder, export, bench. Then each seed's final files and its unpruned "
+        f"student's were timed together ({ROUNDS} interleaved rounds).",
         "",
-        "Probes (ratio → drift-corrected ms):",
-        "",
+        "| seed | allocation | budget ms | probe ms at the chosen amount | ratio | params | "
+        "final test acc % | final ms, timed together | vs unpruned | prune stage s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for allocation, report in reports.items():
-        probes = (report["steps"]["pruning"][0].get("search") or {}).get("probes", [])
+    for seed in args.seeds:
+        got = results[seed]
+        for allocation, row in got["rows"].items():
+            hit = "–" if row["hit_ms"] is None else f"{row['hit_ms']:.4f}"
+            lines.append(
+                f"| {seed} | {allocation} | {got['budget_ms']} | {hit} "
+                f"({'within' if row['within'] else '**outside**'} the budget's noise) | "
+                f"{row['ratio']} | {row['params']:,} | {row['test_acc']:.2f} | "
+                f"{row['ms']:.4f} | ×{row['vs_unpruned']:.3f} | {row['prune_s']:.0f} |"
+            )
+    acc = {a: [results[s]["rows"][a]["test_acc"] for s in args.seeds] for a in args.allocations}
+    speed = {
+        a: [results[s]["rows"][a]["vs_unpruned"] for s in args.seeds] for a in args.allocations
+    }
+    lines += ["", "Over the seeds (mean ± std):", ""]
+    for allocation in args.allocations:
         lines.append(
-            f"- {allocation}: "
-            + ", ".join(f"{p['ratio']:.3f} → {p['latency_ms']:.4f}" for p in probes)
+            f"- {allocation}: final test acc {mean_std(acc[allocation])} %, final latency "
+            f"×{mean_std(speed[allocation], '.3f')} of the unpruned student's"
         )
+    if "uniform" in acc:
+        lines += [
+            "",
+            "Goal: a per-layer allocation more accurate than the uniform ratio that "
+            "reaches the same measured latency:",
+            "",
+        ]
+        for allocation in [a for a in args.allocations if a != "uniform"]:
+            gain = [x - u for x, u in zip(acc[allocation], acc["uniform"], strict=True)]
+            pair = (acc[allocation], acc["uniform"])
+            spread = max(statistics.stdev(v) if len(v) > 1 else 0.0 for v in pair)
+            met = statistics.mean(gain) > spread
+            lines.append(
+                f"- {allocation} − uniform: {', '.join(f'{g:+.2f}' for g in gain)} points by "
+                f"seed (mean {statistics.mean(gain):+.2f}, larger seed spread {spread:.2f}); "
+                f"budget hit on every seed: "
+                f"{all(results[s]['rows'][allocation]['within'] for s in args.seeds)} — "
+                + ("met" if met else "**not met**")
+                + " (met: the mean gain exceeds the larger seed spread, the KD goal's rule)"
+            )
+    lines += ["", "Probes (ratio → drift-corrected ms):", ""]
+    for seed in args.seeds:
+        for allocation, row in results[seed]["rows"].items():
+            lines.append(
+                f"- seed {seed}, {allocation}: "
+                + ", ".join(f"{p['ratio']:.3f} → {p['latency_ms']:.4f}" for p in row["probes"])
+            )
+    lines += ["", f"Per-layer ratios the allocations chose (seed {args.seeds[0]}):", ""]
+    for allocation, row in first["rows"].items():
+        if row["layer_ratios"]:
+            kept = {k: v for k, v in row["layer_ratios"].items() if v}
+            lines.append(f"- {allocation}: " + ", ".join(f"{k} {v:g}" for k, v in kept.items()))
     lines.append("")
-    text = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--fraction", type=float, default=0.85)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--allocations",
+        nargs="+",
+        default=["sensitivity", "uniform"],
+        choices=["sensitivity", "latency", "uniform"],
+    )
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs", help="the flagship's runs")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs")
+    args = parser.parse_args()
+    tmp = args.out / ".benchmarks" / "pruning"
+    tmp.mkdir(parents=True, exist_ok=True)
+    made_by, start = commit(), time.perf_counter()
+    results = {seed: one_seed(args, seed, tmp) for seed in args.seeds}
+    (tmp / "results.json").write_text(json.dumps(results, indent=1))
+    text = render(args, results, made_by, time.perf_counter() - start)
     (ROOT / "docs" / "benchmarks" / "pruning.md").write_text(text)
     print(text)
 

@@ -1,7 +1,8 @@
 """The prune stage's decision, run by rank 0: how much to prune (a fixed ratio, or the amount a
-latency budget needs, prune/budget.py), which channels (the importance criterion, uniform or
-ranked by importance per MAC), and whether the pruned model is kept (measurably faster on the
-target, or the step is rejected and the student passes through unchanged)."""
+latency budget needs, prune/budget.py), which channels (the importance criterion; per-layer
+shares uniform, ranked by importance per MAC, or by measured sensitivity, prune/sensitivity.py),
+and whether the pruned model is kept (measurably faster on the target, or the step is rejected
+and the student passes through unchanged)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from torch import nn
 
 from edgekd import distributed
 from edgekd.data.datasets import batches, sample
+from edgekd.distill.trainer import predict
 from edgekd.errors import EdgeKDError
 from edgekd.latency import NoTarget, Timed, time_models
-from edgekd.prune import budget, depgraph, importance
+from edgekd.prune import budget, depgraph, importance, sensitivity
 from edgekd.quant import nncf_qat
 
 if TYPE_CHECKING:
@@ -66,8 +68,10 @@ class PruneJob:
         self.per_channel = meta.get("quant_weights", "per_channel") == "per_channel"
         self.example = torch.zeros(1, *splits.input_shape)
         self.classes = len(splits.classes)
-        self.by_cost = (cfg.allocation or cfg.default_allocation()) == "latency"
+        self.allocation = cfg.allocation or cfg.default_allocation()
         self.costs: dict[str, float] = {}
+        self.table: sensitivity.Table | None = None
+        self.layer_ratios: dict[str, float] | None = None  # of the last pruned copy
 
     # -- distributed.once: rank 0 decides, the other ranks take its weights ------------------
 
@@ -97,15 +101,17 @@ class PruneJob:
         importance.prepare(name, scorer, self.model, self._labelled())
         ignored = depgraph.classifier_layers(self.model, self.classes)
         self.scores = importance.scores(self.model, self.example, scorer, ignored)
-        if self.by_cost:
-            self.costs = depgraph.channel_costs(self.model, self.example, self.classes)
         self.model.zero_grad(set_to_none=True)
+        if self.allocation == "latency":
+            self.costs = depgraph.channel_costs(self.model, self.example, self.classes)
         record: Record = {
             "importance": name,
-            "allocation": "latency" if self.by_cost else "uniform",
+            "allocation": self.allocation,
             "mode": "ratio" if cfg.latency_budget_ms is None else "latency_budget",
             "timed_as": "int8" if self.ships_int8 else "fp32",
         }
+        if self.allocation == "sensitivity":
+            record["sensitivity"] = self._profile()
         if cfg.latency_budget_ms is not None:
             ratio, verdict = self._search(cfg.latency_budget_ms, record)
             if ratio is None:
@@ -114,6 +120,8 @@ class PruneJob:
             ratio, verdict = cfg.ratio, None
         pruned = self.pruned(ratio)
         record["ratio"] = round(ratio, 4)
+        if self.layer_ratios is not None:
+            record["layer_ratios"] = {k: round(v, 4) for k, v in self.layer_ratios.items()}
         if verdict is None:
             verdict = self._check(pruned) if cfg.require_speedup else {"kept": True}
         record.update(verdict)
@@ -128,13 +136,74 @@ class PruneJob:
         return pruned, record
 
     def pruned(self, ratio: float) -> nn.Module:
-        """A pruned copy of the float student."""
+        """A pruned copy of the float student: `ratio` of every layer's channels (uniform), of
+        all channels (latency), or as many MACs as the uniform `ratio` removes (sensitivity)."""
+        if self.allocation == "sensitivity":
+            return self._sensitive(ratio)
+        ratios = None
+        if self.allocation == "latency":
+            ratios = depgraph.allocate(self.scores, self.costs, ratio)
+        self.layer_ratios = ratios
+        return self._prune(ratio, ratios)
+
+    def _prune(self, ratio: float, ratios: dict[str, float] | None) -> nn.Module:
         model = copy.deepcopy(self.model)
-        ratios = depgraph.allocate(self.scores, self.costs, ratio) if self.by_cost else None
+        if ratios is not None and not any(ratios.values()):
+            return model
         lookup = importance.Lookup(model, self.scores)
         return depgraph.prune_channels(
             model, self.example, ratio, self.cfg.round_to, self.classes, lookup, ratios
         )
+
+    def _macs(self, model: nn.Module) -> int:
+        return sum(depgraph.module_macs(model, self.example).values())
+
+    def _profile(self) -> Record:
+        """Every group pruned alone at each of sensitivity.LEVELS, BatchNorm recalibrated,
+        scored on validation images (prune/sensitivity.py)."""
+        seed = self.ctx.plan.config.seed
+        recalibration = [
+            b.images
+            for b in batches(
+                sample(self.splits.train, sensitivity.RECALIBRATION_IMAGES, seed), self.splits, 256
+            )
+        ]
+        held = sample(self.splits.val, sensitivity.PROFILE_IMAGES, seed)
+
+        def recalibrated(ratios: dict[str, float]) -> nn.Module:
+            model = self._prune(0.0, ratios)
+            depgraph.recalibrate_batchnorm(model, recalibration)
+            return model
+
+        def score(model: nn.Module) -> tuple[float, float]:
+            logits = predict(model, held, self.splits, torch.device("cpu"))
+            loss = float(nn.functional.cross_entropy(logits, held.labels))
+            return loss, float((logits.argmax(1) == held.labels).float().mean()) * 100
+
+        self.ctx.log(
+            f"prune: profiling {len(self.scores)} layers at {len(sensitivity.LEVELS)} ratios each"
+        )
+        self.table, base = sensitivity.profile(list(self.scores), recalibrated, score, self._macs)
+        return {"unpruned": {k: round(v, 4) for k, v in base.items()}} | {
+            "table": sensitivity.to_json(self.table)
+        }
+
+    def _sensitive(self, ratio: float) -> nn.Module:
+        """Per-layer ratios saving the MACs the uniform `ratio` saves, where the profile says
+        they cost the least loss; the table's sums overestimate what pruning coupled groups
+        together saves, so the allocation is asked for the shortfall again (a few times)."""
+        assert self.table is not None
+        whole = self._macs(self.model)
+        target = whole - self._macs(self._prune(ratio, None))
+        need = float(target)
+        for _ in range(4):
+            self.layer_ratios = sensitivity.allocate(self.table, need)
+            model = self._prune(0.0, self.layer_ratios)
+            short = target - (whole - self._macs(model))
+            if short <= 0:
+                break
+            need += short
+        return model
 
     def _labelled(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         if not importance.needs_gradients(self.cfg.importance):

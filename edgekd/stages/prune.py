@@ -52,10 +52,12 @@ class PruneConfig(Strict):
         description="Instead of `ratio`: prune as little as meets this batch-1 latency (ms) "
         "of the exported model on the timing target, found by measuring.",
     )
-    allocation: Literal["uniform", "latency"] | None = Field(
+    allocation: Literal["uniform", "latency", "sensitivity"] | None = Field(
         None,
-        description="Per-layer ratios: uniform (every layer the same), or latency (channels "
-        "ranked across layers by importance per MAC). null: uniform with `ratio`, latency with "
+        description="Per-layer ratios: uniform (every layer the same), latency (channels "
+        "ranked across layers by importance per MAC), or sensitivity (each layer pruned alone "
+        "and scored on validation images first; as many MACs as the uniform `ratio` removed "
+        "where they cost the least loss). null: uniform with `ratio`, latency with "
         "`latency_budget_ms`.",
     )
     importance: Annotated[str, AfterValidator(_known_importance)] = Field(
@@ -208,10 +210,10 @@ def _summary(record: dict[str, Any], before: int, after: int) -> str:
     0.0760 → 0.0750 ms (...): not measurably faster, not kept`."""
     if "ratio" not in record:
         return f"not pruned: {record.get('why')}"
-    head = (
-        f"pruned {100 * record['ratio']:.0f} % of channels ({record['allocation']}, "
-        f"{record['importance']})"
-    )
+    amount = f"{100 * record['ratio']:.0f} % of channels"
+    if record["allocation"] == "sensitivity":
+        amount = f"the MACs of {amount}"
+    head = f"pruned {amount} ({record['allocation']}, {record['importance']})"
     if record["kept"]:
         head += f", {before:,} → {after:,} parameters"
     return f"{head}; {record.get('why', '')}"
