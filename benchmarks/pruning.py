@@ -13,7 +13,7 @@ unpruned student's are timed again together (interleaved, 5 rounds) so their lat
 compared in one measurement. Writes docs/benchmarks/pruning.md; runs resume where they stopped.
 
     python benchmarks/pruning.py [--fraction 0.85] [--seeds 0 1 2]
-        [--allocations sensitivity uniform] [--runs runs] [--out runs]
+        [--allocations sensitivity uniform] [--runs runs] [--out runs] [--doc pruning.md]
 """
 
 from __future__ import annotations
@@ -117,14 +117,14 @@ def flagship_run(runs: Path, seed: int) -> Path:
 
 def one_seed(args: argparse.Namespace, seed: int, tmp: Path) -> dict[str, Any]:
     """Every allocation's pipeline for one seed, and their final files timed together."""
-    out = tmp / f"s{seed}"
+    out = tmp / f"x{args.fraction:g}_s{seed}"
     out.mkdir(parents=True, exist_ok=True)
     source = flagship_run(args.runs, seed)
     base_ms, base_file = unpruned_int8_ms(source / "01_student" / "student", out)
     budget = round(args.fraction * base_ms, 4)
     reports = {}
     for allocation in args.allocations:
-        name = f"prune_budget_{allocation}" + (f"_s{seed}" if seed else "")
+        name = f"prune_budget_{allocation}_x{args.fraction:g}" + (f"_s{seed}" if seed else "")
         reuse(source, args.out / name)
         path = pipeline(tmp, name, seed, budget, allocation)
         subprocess.run(
@@ -183,7 +183,8 @@ def render(args: argparse.Namespace, results: dict[int, dict], made_by: str, wal
         "",
         f"Measured at {made_by} by `python benchmarks/pruning.py --fraction {args.fraction} "
         f"--seeds {' '.join(map(str, args.seeds))} --allocations {' '.join(args.allocations)} "
-        f"--runs {args.runs}` on {first['cpu']}, {time.strftime('%Y-%m-%d', time.gmtime())} "
+        f"--runs {args.runs} --doc {args.doc}` on {first['cpu']}, "
+        f"{time.strftime('%Y-%m-%d', time.gmtime())} "
         f"({wall / 60:.1f} min), alone on the machine. Each seed starts from that seed's "
         "flagship KD student (its run reused), INT8 (onnxruntime, batch 1); the budget is "
         f"×{args.fraction} of that student's latency. Each pipeline: prune to the budget (probes "
@@ -263,14 +264,17 @@ def main() -> None:
     )
     parser.add_argument("--runs", type=Path, default=ROOT / "runs", help="the flagship's runs")
     parser.add_argument("--out", type=Path, default=ROOT / "runs")
+    parser.add_argument(
+        "--doc", default="pruning.md", help="the file written under docs/benchmarks/"
+    )
     args = parser.parse_args()
     tmp = args.out / ".benchmarks" / "pruning"
     tmp.mkdir(parents=True, exist_ok=True)
     made_by, start = commit(), time.perf_counter()
     results = {seed: one_seed(args, seed, tmp) for seed in args.seeds}
-    (tmp / "results.json").write_text(json.dumps(results, indent=1))
+    (tmp / f"results_x{args.fraction:g}.json").write_text(json.dumps(results, indent=1))
     text = render(args, results, made_by, time.perf_counter() - start)
-    (ROOT / "docs" / "benchmarks" / "pruning.md").write_text(text)
+    (ROOT / "docs" / "benchmarks" / args.doc).write_text(text)
     print(text)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -181,11 +182,14 @@ class PruneJob:
             return loss, float((logits.argmax(1) == held.labels).float().mean()) * 100
 
         self.ctx.log(
-            f"prune: profiling {len(self.scores)} layers at {len(sensitivity.LEVELS)} ratios each"
+            f"profiling {len(self.scores)} layers at {len(sensitivity.LEVELS)} ratios each"
         )
+        start = time.perf_counter()
         self.table, base = sensitivity.profile(list(self.scores), recalibrated, score, self._macs)
-        return {"unpruned": {k: round(v, 4) for k, v in base.items()}} | {
-            "table": sensitivity.to_json(self.table)
+        return {
+            "unpruned": {k: round(v, 4) for k, v in base.items()},
+            "table": sensitivity.to_json(self.table),
+            "seconds": round(time.perf_counter() - start, 1),
         }
 
     def _sensitive(self, ratio: float) -> nn.Module:
@@ -264,7 +268,7 @@ class PruneJob:
         model = functools.cache(pruned)
 
         def again(n: int) -> tuple[Timed, Timed]:
-            self.ctx.log(f"prune: faster, within the noise; timing again ({n}/{budget.RETIMES})")
+            self.ctx.log(f"faster, within the noise; timing again ({n}/{budget.RETIMES})")
             return self._pair(model(), f"{label}-again{n}")
 
         kept, why, before, after = budget.settle(again, before, after, self.cfg.min_speedup)

@@ -75,13 +75,20 @@ def ladder_notes(ladder: dict[str, Any]) -> list[str]:
 def pruning_line(step: dict[str, Any]) -> str:
     if "ratio" not in step:
         return f"{step['stage']}: not pruned: {step.get('why', '')}"
+    amount = f"{100 * step['ratio']:.0f} % of channels"
+    if step["allocation"] == "sensitivity":
+        amount = f"the MACs of {amount}"
     head = (
-        f"{step['stage']}: {100 * step['ratio']:.0f} % of channels ({step['allocation']} "
-        f"allocation, {step['importance']} importance"
+        f"{step['stage']}: {amount} ({step['allocation']} allocation, {step['importance']} "
+        "importance"
     )
     if step.get("search"):
         head += f", for a budget of {step['search']['budget_ms']} ms"
-    return f"{head}), timed as {step.get('timed_as', '?')}: {step.get('why', '')}"
+    line = f"{head}), timed as {step.get('timed_as', '?')}: {step.get('why', '')}"
+    layers = {k: v for k, v in (step.get("layer_ratios") or {}).items() if v}
+    if layers:
+        line += "; per layer: " + ", ".join(f"{k} {100 * v:.0f} %" for k, v in layers.items())
+    return line
 
 
 def markdown(steps: dict[str, Any] | None) -> list[str]:

@@ -73,3 +73,15 @@ def test_markdown_has_a_row_per_rung_and_a_line_per_pruning_step():
     assert "| fallback | 91.20 | +0.80 | 90.90 | 0.1120 ± 3.0 % |" in lines
     assert any(line.startswith("- prune: 25 % of channels (uniform allocation") for line in lines)
     assert steps.markdown(None) == [] and steps.markdown({"ladder": None, "pruning": []}) == []
+
+
+def test_a_sensitivity_step_says_it_matched_macs_and_names_each_layers_share():
+    step = REJECTED | {
+        "allocation": "sensitivity",
+        "kept": True,
+        "why": "0.0772 → 0.0652 ms (+15.5 %, noise ±1.2 %): faster, kept",
+        "layer_ratios": {"features.2.conv.1.0": 0.75, "features.9.0": 0.0, "features.4": 0.5},
+    }
+    line = steps.pruning_line(step)
+    assert line.startswith("prune: the MACs of 25 % of channels (sensitivity allocation")
+    assert line.endswith("; per layer: features.2.conv.1.0 75 %, features.4 50 %")
