@@ -122,23 +122,27 @@ def one_seed(args: argparse.Namespace, seed: int, tmp: Path) -> dict[str, Any]:
     source = flagship_run(args.runs, seed)
     base_ms, base_file = unpruned_int8_ms(source / "01_student" / "student", out)
     budget = round(args.fraction * base_ms, 4)
-    reports = {}
+    reports: dict[str, Any] = {}
+    failed: dict[str, str] = {}
     for allocation in args.allocations:
         name = f"prune_budget_{allocation}_x{args.fraction:g}" + (f"_s{seed}" if seed else "")
         reuse(source, args.out / name)
         path = pipeline(tmp, name, seed, budget, allocation)
-        subprocess.run(
+        done = subprocess.run(
             [sys.executable, "-m", "edgekd.cli", "run", str(path), "--out", str(args.out)],
-            check=True,
             cwd=ROOT,
         )
+        if done.returncode:  # a budget this allocation cannot reach stops the prune stage
+            log = args.out / name / "02_prune" / "stage.log"
+            failed[allocation] = log.read_text().strip().splitlines()[-1] if log.exists() else ""
+            continue
         reports[allocation] = json.loads((args.out / name / "report.json").read_text())
         reports[allocation]["_dir"] = str(args.out / name)
     files = {"unpruned": base_file} | {
         a: Path(r["_dir"]) / "04_export" / "onnx" / "final_int8.onnx" for a, r in reports.items()
     }
     timed = together(files)
-    rows = {}
+    rows: dict[str, Any] = {a: {"failed": why} for a, why in failed.items()}
     for allocation, report in reports.items():
         step = report["steps"]["pruning"][0]
         search = step.get("search") or {}
@@ -199,6 +203,12 @@ def render(args: argparse.Namespace, results: dict[int, dict], made_by: str, wal
     for seed in args.seeds:
         got = results[seed]
         for allocation, row in got["rows"].items():
+            if "failed" in row:
+                lines.append(
+                    f"| {seed} | {allocation} | {got['budget_ms']} | not reached: "
+                    f"{row['failed']} | | | | | | |"
+                )
+                continue
             hit = "–" if row["hit_ms"] is None else f"{row['hit_ms']:.4f}"
             lines.append(
                 f"| {seed} | {allocation} | {got['budget_ms']} | {hit} "
@@ -206,12 +216,17 @@ def render(args: argparse.Namespace, results: dict[int, dict], made_by: str, wal
                 f"{row['ratio']} | {row['params']:,} | {row['test_acc']:.2f} | "
                 f"{row['ms']:.4f} | ×{row['vs_unpruned']:.3f} | {row['prune_s']:.0f} |"
             )
-    acc = {a: [results[s]["rows"][a]["test_acc"] for s in args.seeds] for a in args.allocations}
-    speed = {
-        a: [results[s]["rows"][a]["vs_unpruned"] for s in args.seeds] for a in args.allocations
-    }
+    reached = [
+        a
+        for a in args.allocations
+        if all("failed" not in results[seed]["rows"][a] for seed in args.seeds)
+    ]
+    acc = {a: [results[s]["rows"][a]["test_acc"] for s in args.seeds] for a in reached}
+    speed = {a: [results[s]["rows"][a]["vs_unpruned"] for s in args.seeds] for a in reached}
     lines += ["", "Over the seeds (mean ± std):", ""]
-    for allocation in args.allocations:
+    for allocation in [a for a in args.allocations if a not in reached]:
+        lines.append(f"- {allocation}: the budget was not reached on every seed")
+    for allocation in reached:
         lines.append(
             f"- {allocation}: final test acc {mean_std(acc[allocation])} %, final latency "
             f"×{mean_std(speed[allocation], '.3f')} of the unpruned student's"
@@ -223,7 +238,9 @@ def render(args: argparse.Namespace, results: dict[int, dict], made_by: str, wal
             "reaches the same measured latency:",
             "",
         ]
-        for allocation in [a for a in args.allocations if a != "uniform"]:
+        for allocation in [a for a in args.allocations if a not in reached]:
+            lines.append(f"- {allocation}: **not met** (the budget was not reached)")
+        for allocation in [a for a in reached if a != "uniform"]:
             gain = [x - u for x, u in zip(acc[allocation], acc["uniform"], strict=True)]
             pair = (acc[allocation], acc["uniform"])
             spread = max(statistics.stdev(v) if len(v) > 1 else 0.0 for v in pair)
@@ -239,13 +256,15 @@ def render(args: argparse.Namespace, results: dict[int, dict], made_by: str, wal
     lines += ["", "Probes (ratio → drift-corrected ms):", ""]
     for seed in args.seeds:
         for allocation, row in results[seed]["rows"].items():
+            if "failed" in row:
+                continue
             lines.append(
                 f"- seed {seed}, {allocation}: "
                 + ", ".join(f"{p['ratio']:.3f} → {p['latency_ms']:.4f}" for p in row["probes"])
             )
     lines += ["", f"Per-layer ratios the allocations chose (seed {args.seeds[0]}):", ""]
     for allocation, row in first["rows"].items():
-        if row["layer_ratios"]:
+        if row.get("layer_ratios"):
             kept = {k: v for k, v in row["layer_ratios"].items() if v}
             lines.append(f"- {allocation}: " + ", ".join(f"{k} {v:g}" for k, v in kept.items()))
     lines.append("")
