@@ -245,13 +245,17 @@ def render(args: argparse.Namespace, results: dict[int, dict], made_by: str, wal
             pair = (acc[allocation], acc["uniform"])
             spread = max(statistics.stdev(v) if len(v) > 1 else 0.0 for v in pair)
             met = statistics.mean(gain) > spread
+            verdict = (
+                ("met" if met else "**not met**")
+                + " (met: the mean gain exceeds the larger seed spread, the KD goal's rule)"
+                if len(args.seeds) > 1
+                else "not judged: one seed has no spread to exceed"
+            )
             lines.append(
                 f"- {allocation} − uniform: {', '.join(f'{g:+.2f}' for g in gain)} points by "
                 f"seed (mean {statistics.mean(gain):+.2f}, larger seed spread {spread:.2f}); "
                 f"budget hit on every seed: "
-                f"{all(results[s]['rows'][allocation]['within'] for s in args.seeds)} — "
-                + ("met" if met else "**not met**")
-                + " (met: the mean gain exceeds the larger seed spread, the KD goal's rule)"
+                f"{all(results[s]['rows'][allocation]['within'] for s in args.seeds)} — " + verdict
             )
     lines += ["", "Probes (ratio → drift-corrected ms):", ""]
     for seed in args.seeds:

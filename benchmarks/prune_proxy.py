@@ -1,0 +1,135 @@
+"""Benchmark of the sensitivity allocation before any recovery training: at the MACs of a uniform
+pruning ratio, how accurate is the student pruned where the profile says it costs least, against
+the uniform ratio? Both are BatchNorm-recalibrated (2,048 training images) and scored on all
+10,000 test images (the profile itself reads 2,000 validation images only).
+
+From the flagship's trained KD students (one run per seed, `--runs`), as the prune stage does it
+(`PruneJob`: group_norm importance, round_to 16). Writes docs/benchmarks/prune_proxy.md.
+
+    python benchmarks/prune_proxy.py [--seeds 0 1 2] [--ratios 0.15 0.22 0.3 0.4] [--runs runs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import yaml
+from provenance import commit  # benchmarks/provenance.py
+from pruning import flagship_run, mean_std  # benchmarks/pruning.py
+
+ROOT = Path(__file__).resolve().parents[1]
+FLAGSHIP = ROOT / "pipelines" / "mobilenet_jetson.yaml"
+RECALIBRATION = 2048
+
+
+def one_seed(run: Path, seed: int, ratios: list[float]) -> dict[str, Any]:
+    import torch
+
+    from edgekd.config.schema import DataConfig
+    from edgekd.data.datasets import batches, load_splits, sample
+    from edgekd.distill.trainer import evaluate
+    from edgekd.models.io import load_model
+    from edgekd.prune import depgraph, importance
+    from edgekd.prune.job import PruneJob
+    from edgekd.stages.prune import PruneConfig
+    from edgekd.training import for_model
+
+    config = yaml.safe_load(FLAGSHIP.read_text())
+    model, meta = load_model(run / "01_student" / "student")
+    splits = for_model(load_splits(DataConfig.model_validate(config["data"]), seed), meta)
+    plan = SimpleNamespace(config=SimpleNamespace(seed=seed), stages=[])
+    ctx = SimpleNamespace(plan=plan, index=0, log=print)
+    cfg = PruneConfig(ratio=0.25, round_to=16, allocation="sensitivity")
+    job = PruneJob(ctx, cfg, model.eval().cpu(), model, splits, {})
+    scorer = importance.IMPORTANCE.get("group_norm")()
+    ignored = depgraph.classifier_layers(job.model, len(splits.classes))
+    job.scores = importance.scores(job.model, job.example, scorer, ignored)
+    start = time.perf_counter()
+    job._profile()
+    profile_s = time.perf_counter() - start
+    images = [b.images for b in batches(sample(splits.train, RECALIBRATION, seed), splits, 256)]
+    rows = []
+    for ratio in ratios:
+        for allocation in ("uniform", "sensitivity"):
+            job.allocation = allocation
+            pruned = job.pruned(ratio)
+            depgraph.recalibrate_batchnorm(pruned, images)
+            rows.append(
+                {
+                    "ratio": ratio,
+                    "allocation": allocation,
+                    "macs": job._macs(pruned),
+                    "params": sum(p.numel() for p in pruned.parameters()),
+                    "test_acc": evaluate(pruned, splits.test, splits, torch.device("cpu")),
+                }
+            )
+    return {"profile_s": profile_s, "rows": rows, "macs": job._macs(job.model)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.15, 0.22, 0.3, 0.4])
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs", help="the flagship's runs")
+    args = parser.parse_args()
+    made_by, start = commit(), time.perf_counter()
+    results = {s: one_seed(flagship_run(args.runs, s), s, args.ratios) for s in args.seeds}
+    wall = time.perf_counter() - start
+    lines = [
+        "# Sensitivity allocation before recovery training",
+        "",
+        f"Measured at {made_by} by `python benchmarks/prune_proxy.py --seeds "
+        f"{' '.join(map(str, args.seeds))} --ratios {' '.join(map(str, args.ratios))} --runs "
+        f"{args.runs}`, {time.strftime('%Y-%m-%d', time.gmtime())} ({wall / 60:.1f} min). "
+        "Each seed's flagship KD student pruned as the prune stage does (group_norm importance, "
+        "round_to 16): `uniform` removes the ratio of every layer's channels, `sensitivity` "
+        "the same MACs where its profile (each group pruned alone, 2,000 validation images) "
+        f"says they cost least. Both BatchNorm-recalibrated on {RECALIBRATION:,} training "
+        "images, no training; test accuracy on all 10,000 test images. Profile time: "
+        + ", ".join(f"seed {s} {r['profile_s']:.0f} s" for s, r in results.items())
+        + ".",
+        "",
+        "| ratio | uniform MACs (M) | sensitivity MACs (M) | uniform params | sensitivity "
+        "params | uniform test acc % | sensitivity test acc % | gain (points) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for ratio in args.ratios:
+        got = {
+            (allocation, key): [
+                next(
+                    r[key]
+                    for r in results[s]["rows"]
+                    if r["ratio"] == ratio and r["allocation"] == allocation
+                )
+                for s in args.seeds
+            ]
+            for allocation in ("uniform", "sensitivity")
+            for key in ("macs", "params", "test_acc")
+        }
+        uniform, sensitive = got["uniform", "test_acc"], got["sensitivity", "test_acc"]
+        gain = [b - a for a, b in zip(uniform, sensitive, strict=True)]
+        cells = [
+            mean_std([m / 1e6 for m in got[a, "macs"]], ".2f") for a in ("uniform", "sensitivity")
+        ]
+        cells += [mean_std(got[a, "params"], ",.0f") for a in ("uniform", "sensitivity")]
+        cells += [mean_std(uniform), mean_std(sensitive), ", ".join(f"{g:+.2f}" for g in gain)]
+        lines.append(f"| {ratio} | " + " | ".join(cells) + " |")
+    unpruned = statistics.mean(r["macs"] for r in results.values()) / 1e6
+    lines += [
+        "",
+        f"Mean ± std over seeds {', '.join(map(str, args.seeds))}; the gain column lists each "
+        f"seed's. The unpruned student has {unpruned:.2f} M MACs.",
+        "",
+    ]
+    text = "\n".join(lines)
+    (ROOT / "docs" / "benchmarks" / "prune_proxy.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
