@@ -31,7 +31,7 @@ def one_seed(run: Path, seed: int, ratios: list[float]) -> dict[str, Any]:
     import torch
 
     from edgekd.config.schema import DataConfig
-    from edgekd.data.datasets import batches, load_splits, sample
+    from edgekd.data.datasets import load_splits
     from edgekd.distill.trainer import evaluate
     from edgekd.models.io import load_model
     from edgekd.prune import depgraph, importance
@@ -52,7 +52,7 @@ def one_seed(run: Path, seed: int, ratios: list[float]) -> dict[str, Any]:
     start = time.perf_counter()
     job._profile()
     profile_s = time.perf_counter() - start
-    images = [b.images for b in batches(sample(splits.train, RECALIBRATION, seed), splits, 256)]
+    images = job.train_images(RECALIBRATION)
     rows = []
     for ratio in ratios:
         for allocation in ("uniform", "sensitivity"):

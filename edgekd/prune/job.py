@@ -129,12 +129,14 @@ class PruneJob:
         if not record["kept"]:
             return self.model, record
         if cfg.bn_recalibration_images:
-            seed = self.ctx.plan.config.seed
-            images = sample(self.splits.train, cfg.bn_recalibration_images, seed)
-            depgraph.recalibrate_batchnorm(
-                pruned, [b.images for b in batches(images, self.splits, 256)]
-            )
+            depgraph.recalibrate_batchnorm(pruned, self.train_images(cfg.bn_recalibration_images))
         return pruned, record
+
+    def train_images(self, count: int) -> list[torch.Tensor]:
+        """`count` training images drawn with the run's seed, in batches: what BatchNorm
+        statistics are re-estimated on after channels were removed."""
+        images = sample(self.splits.train, count, self.ctx.plan.config.seed)
+        return [b.images for b in batches(images, self.splits, 256)]
 
     def pruned(self, ratio: float) -> nn.Module:
         """A pruned copy of the float student: `ratio` of every layer's channels (uniform), of
@@ -162,14 +164,8 @@ class PruneJob:
     def _profile(self) -> Record:
         """Every group pruned alone at each of sensitivity.LEVELS, BatchNorm recalibrated,
         scored on validation images (prune/sensitivity.py)."""
-        seed = self.ctx.plan.config.seed
-        recalibration = [
-            b.images
-            for b in batches(
-                sample(self.splits.train, sensitivity.RECALIBRATION_IMAGES, seed), self.splits, 256
-            )
-        ]
-        held = sample(self.splits.val, sensitivity.PROFILE_IMAGES, seed)
+        recalibration = self.train_images(sensitivity.RECALIBRATION_IMAGES)
+        held = sample(self.splits.val, sensitivity.PROFILE_IMAGES, self.ctx.plan.config.seed)
 
         def recalibrated(ratios: dict[str, float]) -> nn.Module:
             model = self._prune(0.0, ratios)

@@ -72,15 +72,19 @@ def ladder_notes(ladder: dict[str, Any]) -> list[str]:
     return notes
 
 
+def pruned_amount(record: dict[str, Any]) -> str:
+    """How much a prune record removed: `25 % of channels`, or `the MACs of 25 % of channels`
+    where the sensitivity allocation removed that much elsewhere."""
+    amount = f"{100 * record['ratio']:.0f} % of channels"
+    return f"the MACs of {amount}" if record["allocation"] == "sensitivity" else amount
+
+
 def pruning_line(step: dict[str, Any]) -> str:
     if "ratio" not in step:
         return f"{step['stage']}: not pruned: {step.get('why', '')}"
-    amount = f"{100 * step['ratio']:.0f} % of channels"
-    if step["allocation"] == "sensitivity":
-        amount = f"the MACs of {amount}"
     head = (
-        f"{step['stage']}: {amount} ({step['allocation']} allocation, {step['importance']} "
-        "importance"
+        f"{step['stage']}: {pruned_amount(step)} ({step['allocation']} allocation, "
+        f"{step['importance']} importance"
     )
     if step.get("search"):
         head += f", for a budget of {step['search']['budget_ms']} ms"

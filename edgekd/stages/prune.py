@@ -16,6 +16,7 @@ from edgekd.artifacts import Artifact
 from edgekd.config.schema import PathStr, Schedule, Strict, TrainConfig, default
 from edgekd.errors import EdgeKDError
 from edgekd.latency import TimingConfig
+from edgekd.report.steps import pruned_amount
 from edgekd.stage import STAGES, Stage, StageContext
 from edgekd.stages.qat import check_calibration, check_student_supports
 
@@ -210,10 +211,7 @@ def _summary(record: dict[str, Any], before: int, after: int) -> str:
     0.0760 → 0.0750 ms (...): not measurably faster, not kept`."""
     if "ratio" not in record:
         return f"not pruned: {record.get('why')}"
-    amount = f"{100 * record['ratio']:.0f} % of channels"
-    if record["allocation"] == "sensitivity":
-        amount = f"the MACs of {amount}"
-    head = f"pruned {amount} ({record['allocation']}, {record['importance']})"
+    head = f"pruned {pruned_amount(record)} ({record['allocation']}, {record['importance']})"
     if record["kept"]:
         head += f", {before:,} → {after:,} parameters"
     return f"{head}; {record.get('why', '')}"
