@@ -10,7 +10,9 @@ uniform ratio removed where they cost the least loss), `latency` (channels ranke
 MAC) and `uniform` (the same search finds the one ratio that meets the budget). All then get the
 flagship's recovery, INT8 ladder, export and bench; finally each seed's final files and its
 unpruned student's are timed again together (interleaved, 5 rounds) so their latencies are
-compared in one measurement. Writes docs/benchmarks/pruning.md; runs resume where they stopped.
+compared in one measurement. Writes docs/benchmarks/pruning.md; runs resume where they stopped,
+and a seed's budget is measured once (kept in its folder under `--out`), so a later invocation that
+adds seeds reruns only the new ones and the final timing.
 
     python benchmarks/pruning.py [--fraction 0.85] [--seeds 0 1 2]
         [--allocations sensitivity uniform] [--runs runs] [--out runs] [--doc pruning.md]
@@ -120,7 +122,12 @@ def one_seed(args: argparse.Namespace, seed: int, tmp: Path) -> dict[str, Any]:
     out = tmp / f"x{args.fraction:g}_s{seed}"
     out.mkdir(parents=True, exist_ok=True)
     source = flagship_run(args.runs, seed)
-    base_ms, base_file = unpruned_int8_ms(source / "01_student" / "student", out)
+    kept = out / "unpruned.json"  # the budget stays what it was, so a rerun resumes the seed
+    if kept.exists():
+        base_ms, base_file = json.loads(kept.read_text())["ms"], out / "unpruned_int8.onnx"
+    else:
+        base_ms, base_file = unpruned_int8_ms(source / "01_student" / "student", out)
+        kept.write_text(json.dumps({"ms": base_ms}))
     budget = round(args.fraction * base_ms, 4)
     reports: dict[str, Any] = {}
     failed: dict[str, str] = {}
@@ -189,7 +196,8 @@ def render(args: argparse.Namespace, results: dict[int, dict], made_by: str, wal
         f"--seeds {' '.join(map(str, args.seeds))} --allocations {' '.join(args.allocations)} "
         f"--runs {args.runs} --doc {args.doc}` on {first['cpu']}, "
         f"{time.strftime('%Y-%m-%d', time.gmtime())} "
-        f"({wall / 60:.1f} min), alone on the machine. Each seed starts from that seed's "
+        f"({wall / 60:.1f} min for this invocation; seeds whose runs an earlier one made "
+        "resumed from them), alone on the machine. Each seed starts from that seed's "
         "flagship KD student (its run reused), INT8 (onnxruntime, batch 1); the budget is "
         f"×{args.fraction} of that student's latency. Each pipeline: prune to the budget (probes "
         "timed in 3 interleaved rounds beside the unpruned student), the flagship's KD "
