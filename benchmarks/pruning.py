@@ -59,25 +59,31 @@ def pipeline(tmp: Path, name: str, seed: int, budget_ms: float, allocation: str)
     return path
 
 
+def int8_file(model: Any, splits: Any, path: Path) -> Path:
+    """`model` exported as the final model ships: NNCF PTQ on 1,024 training images, Q/DQ ONNX,
+    edgekd's rewrite (on a copy: NNCF may change the model it quantizes)."""
+    import copy
+
+    from edgekd.data.datasets import batches, sample
+    from edgekd.search.predict import export_file
+
+    inputs = [b.images for b in batches(sample(splits.train, 1024, 0), splits, 128)]
+    return export_file(copy.deepcopy(model).eval().cpu(), inputs, "int8", path)[0]
+
+
 def unpruned_int8_ms(student_dir: Path, out: Path) -> tuple[float, Path]:
     """The trained student as the final model ships (INT8 PTQ, edgekd's rewrite), timed."""
-    import torch
-
     from edgekd.bench import bench_file
     from edgekd.config.schema import DataConfig
-    from edgekd.data.datasets import batches, load_splits, sample
+    from edgekd.data.datasets import load_splits
     from edgekd.models.io import load_model
     from edgekd.runners.base import MeasureProtocol
-    from edgekd.search.predict import export_file
     from edgekd.training import for_model
 
     config = yaml.safe_load(FLAGSHIP.read_text())
     model, meta = load_model(student_dir)
     data = load_splits(DataConfig.model_validate(config["data"]), config["seed"])
-    splits = for_model(data, meta)
-    inputs = [b.images for b in batches(sample(splits.train, 1024, 0), splits, 128)]
-    path, _ = export_file(model.eval().cpu(), inputs, "int8", out / "unpruned_int8.onnx")
-    del torch
+    path = int8_file(model, for_model(data, meta), out / "unpruned_int8.onnx")
     result = bench_file(
         path,
         [ROOT / "targets" / "cpu-x86.yaml"],
