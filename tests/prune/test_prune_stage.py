@@ -93,6 +93,15 @@ def _ort_ms(spec: dict, tmp_path: Path) -> float:
     return float(np.median(times)) * 1000
 
 
+def test_a_budget_allocates_by_sensitivity_unless_told_and_a_ratio_stays_uniform():
+    from edgekd.stages.prune import PruneConfig
+
+    assert PruneConfig(latency_budget_ms=1.0).default_allocation() == "sensitivity"
+    assert PruneConfig(ratio=0.2).default_allocation() == "uniform"
+    with pytest.raises(ValueError, match="not both"):
+        PruneConfig(ratio=0.2, latency_budget_ms=1.0)
+
+
 def test_a_latency_budget_is_met_by_measuring_and_the_faster_model_kept(write_yaml, tmp_path):
     budget = round(0.4 * _ort_ms(WIDE, tmp_path), 4)  # reachable at about a third pruned
     text = (
@@ -102,6 +111,7 @@ def test_a_latency_budget_is_met_by_measuring_and_the_faster_model_kept(write_ya
         + f"""
   - stage: prune
     latency_budget_ms: {budget}
+    allocation: latency
     round_to: 8
     bn_recalibration_images: 256
     max_probes: 5
