@@ -33,6 +33,8 @@ import yaml
 from ladder import reuse  # benchmarks/ladder.py
 from provenance import commit  # benchmarks/provenance.py
 
+from edgekd.artifacts import read_json, write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 FLAGSHIP = ROOT / "pipelines" / "mobilenet_jetson.yaml"
 ROUNDS = 5
@@ -71,8 +73,9 @@ def int8_file(model: Any, splits: Any, path: Path) -> Path:
     return export_file(copy.deepcopy(model).eval().cpu(), inputs, "int8", path)[0]
 
 
-def unpruned_int8_ms(student_dir: Path, out: Path) -> tuple[float, Path]:
-    """The trained student as the final model ships (INT8 PTQ, edgekd's rewrite), timed."""
+def unpruned_int8_ms(student_dir: Path, path: Path) -> float:
+    """The trained student as the final model ships (INT8 PTQ, edgekd's rewrite) written to
+    `path`, and its median batch-1 latency."""
     from edgekd.bench import bench_file
     from edgekd.config.schema import DataConfig
     from edgekd.data.datasets import load_splits
@@ -83,7 +86,7 @@ def unpruned_int8_ms(student_dir: Path, out: Path) -> tuple[float, Path]:
     config = yaml.safe_load(FLAGSHIP.read_text())
     model, meta = load_model(student_dir)
     data = load_splits(DataConfig.model_validate(config["data"]), config["seed"])
-    path = int8_file(model, for_model(data, meta), out / "unpruned_int8.onnx")
+    int8_file(model, for_model(data, meta), path)
     result = bench_file(
         path,
         [ROOT / "targets" / "cpu-x86.yaml"],
@@ -92,10 +95,10 @@ def unpruned_int8_ms(student_dir: Path, out: Path) -> tuple[float, Path]:
         [1],
         MeasureProtocol(threads=THREADS),
         None,
-        out / "engines",
+        path.parent / "engines",
         rounds=3,
     )
-    return result["rows"][0]["median_ms"], path
+    return result["rows"][0]["median_ms"]
 
 
 def together(files: dict[str, Path]) -> dict[str, dict]:
@@ -128,12 +131,13 @@ def one_seed(args: argparse.Namespace, seed: int, tmp: Path) -> dict[str, Any]:
     out = tmp / f"x{args.fraction:g}_s{seed}"
     out.mkdir(parents=True, exist_ok=True)
     source = flagship_run(args.runs, seed)
+    base_file = out / "unpruned_int8.onnx"
     kept = out / "unpruned.json"  # the budget stays what it was, so a rerun resumes the seed
     if kept.exists():
-        base_ms, base_file = json.loads(kept.read_text())["ms"], out / "unpruned_int8.onnx"
+        base_ms = read_json(kept)["ms"]
     else:
-        base_ms, base_file = unpruned_int8_ms(source / "01_student" / "student", out)
-        kept.write_text(json.dumps({"ms": base_ms}))
+        base_ms = unpruned_int8_ms(source / "01_student" / "student", base_file)
+        write_json(kept, {"ms": base_ms})
     budget = round(args.fraction * base_ms, 4)
     reports: dict[str, Any] = {}
     failed: dict[str, str] = {}
